@@ -1,0 +1,1 @@
+"""snplab pytest plugin (placeholder until the suite plugin lands)."""
