@@ -103,6 +103,22 @@ enum snplab_term {
 	SNPLAB_TERM_SCRIPTED = 4,	/* SNPLAB_OP_TERMINATE */
 };
 
+/* results.vcpu[v].setup_error: the setup stage that failed (setup_detail
+ * holds the offending value).  Stages before the results area is shared
+ * (vCPU 0's own setup) can only be reported by the termination code. */
+enum snplab_setup_stage {
+	SNPLAB_SETUP_OK = 0,
+	SNPLAB_SETUP_SEV_STATUS = 1,	/* SEV_STATUS lacks SNP (bit 2); detail = MSR value */
+	SNPLAB_SETUP_SEV_INFO = 2,	/* bad SEV_INFO response / no common version; detail = MSR */
+	SNPLAB_SETUP_HV_FEATURES = 3,	/* bad HV_FEATURES response / no SNP bit; detail = MSR */
+	SNPLAB_SETUP_GHCB_PVALIDATE = 4,/* rescinding the GHCB page; detail = GPA | rc | CF << 8 */
+	SNPLAB_SETUP_GHCB_PSC = 5,	/* MSR-protocol PSC of the GHCB page; detail = MSR */
+	SNPLAB_SETUP_GHCB_REGISTER = 6,	/* GHCB GPA registration; detail = MSR */
+	SNPLAB_SETUP_PVALIDATE = 7,	/* rescinding a shared-window page; detail = GPA | rc | CF << 8 */
+	SNPLAB_SETUP_PSC = 8,		/* PSC NAE; detail = SW_EXITINFO2, or 0xfff/0xffe << 52 | ... */
+	SNPLAB_SETUP_RESULTS_WAIT = 9,	/* vCPU 0 did not make the results area shared */
+};
+
 enum snplab_magic {
 	SNPLAB_PARAMS_MAGIC = 0x534e5050,	/* "SNPP" */
 	SNPLAB_RESULTS_MAGIC = 0x534e5052,	/* "SNPR" */
@@ -203,7 +219,7 @@ struct snplab_vcpu_results {
 	uint32_t started;		/* 1 once this vCPU entered C */
 	uint32_t finished;		/* 1 once its script ended */
 	uint32_t nsteps;		/* steps executed */
-	uint32_t setup_error;		/* 0 or the failing setup stage (see docs/contract.md) */
+	uint32_t setup_error;		/* 0 or the failing enum snplab_setup_stage */
 	uint64_t setup_detail;		/* e.g. the GHCB MSR response that was wrong */
 	uint64_t ghcb_version;		/* negotiated GHCB protocol version */
 	uint64_t hv_features;		/* HV_FEATURES response */

@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ghcb.h - GHCB MSR protocol, GHCB page calls and page-state changes
+ * (GHCB spec, AMD pub. 56421; offsets as in Linux struct ghcb).
+ */
+#ifndef SNPLAB_GHCB_H
+#define SNPLAB_GHCB_H
+
+#include <stdint.h>
+
+#include "guest.h"
+
+/* Negotiate the protocol (SEV_INFO) and read HV features (MSR protocol).
+ * Returns 0 or an enum snplab_setup_stage; *detail gets the bad value. */
+uint32_t ghcb_negotiate(struct vcpu_ctx *vc, uint64_t *detail);
+
+/* Rescind, share (MSR-protocol PSC) and register this vCPU's GHCB page. */
+uint32_t ghcb_establish(struct vcpu_ctx *vc, uint64_t *detail);
+
+/* Make npages pages at gpa shared: PVALIDATE-rescind each page, then
+ * page-state change NAE(s) through the GHCB. */
+uint32_t ghcb_make_shared(struct vcpu_ctx *vc, uint64_t gpa, uint64_t npages, uint64_t *detail);
+
+/* GHCB MSR-protocol termination request; never returns. */
+__attribute__((noreturn)) void ghcb_terminate(uint32_t platform, uint32_t set, uint32_t code);
+
+#endif

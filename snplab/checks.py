@@ -1,0 +1,832 @@
+"""Oracles: pure functions of a ``Transcript`` that judge one property each.
+
+Every oracle returns a ``CheckResult(name, ok, detail)``; ``ok`` is None when the property does
+not apply (or its ingredients are missing, e.g. no measurement predictor yet).  Each has an
+``assert_*`` twin that raises ``CheckFailed`` (an AssertionError) whose message starts with the
+property's name, e.g. ``seqno_advance violated: vCPU 0 step 1 attempt 0 used seqno 1, want 3``.
+
+Two kinds:
+- *invariants* hold for every run whatever the scenario (``invariants(t)``): INVALID_LEN
+  encoding and RBX, nothing written on INVALID_LEN, sequence numbers, no IV reuse, BUSY resent
+  identically, host-side errors never reach the firmware;
+- *expectations* say what a particular step should have got (``expect_*``) or check the
+  certificates and the report of one step (``cert_table_*``, ``report_*``).
+
+Facts (errata.md table A, kvm-host-abi.md §1(a), §1(d), §2): SW_EXITINFO2[63:32] is the VMM
+error: 1 INVALID_LEN (RBX = pages needed), 2 BUSY, Linux ≥ 7.0 GENERIC = 0xFFFFFFFF, v15 draft
+GENERIC = 1 << 31; bits 31:0 are the firmware status.  SW_EXITINFO1 = 2 is malformed input with
+the reason in SW_EXITINFO2 (misaligned/identical pages: 4 up to Linux 7.0, 5 after; RAX/RBX not
+valid or RAX unaligned: 5).  The firmware only advances a VMPCK's sequence number on a
+successful exchange: request N, response N+1, next request N+2.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from snplab.abi.ghcb import (GHCB_ERR_INVALID_INPUT, GHCB_ERR_MISSING_INPUT,
+                              GHCB_HV_RESP_MALFORMED_INPUT, SNP_GUEST_VMM_ERR_BUSY,
+                              SNP_GUEST_VMM_ERR_GENERIC, SNP_GUEST_VMM_ERR_GENERIC_V15,
+                              SNP_GUEST_VMM_ERR_INVALID_LEN, SNP_GUEST_VMM_ERR_SHIFT)
+from snplab.scenario import MSG_REPORT_REQ, pages_for
+from snplab.transcript import Attempt, StepResult, Transcript, TranscriptError
+
+INVALID_LEN = SNP_GUEST_VMM_ERR_INVALID_LEN << SNP_GUEST_VMM_ERR_SHIFT
+BUSY = SNP_GUEST_VMM_ERR_BUSY << SNP_GUEST_VMM_ERR_SHIFT
+# Reasons a misaligned or identical request/response page may get (4 up to 7.0, 5 after: B1).
+PAGE_ERROR_REASONS = (GHCB_ERR_MISSING_INPUT, GHCB_ERR_INVALID_INPUT)
+
+
+def generic_error(abi: str) -> int:
+    """SW_EXITINFO2 a guest sees for the VMM's generic error in ``abi``."""
+    vmm = SNP_GUEST_VMM_ERR_GENERIC_V15 if abi == "vmgexit-v15" else SNP_GUEST_VMM_ERR_GENERIC
+    return vmm << SNP_GUEST_VMM_ERR_SHIFT
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The verdict of one oracle on one property."""
+
+    name: str
+    ok: bool | None  # None: not applicable / could not be judged (detail says why)
+    detail: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok is True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+    @property
+    def message(self) -> str:
+        state = {True: "holds", False: "violated", None: "not judged"}[self.ok]
+        return f"{self.name} {state}: {self.detail}" if self.detail else f"{self.name} {state}"
+
+
+class CheckFailed(AssertionError):
+    """A property does not hold; the message starts with the property's name."""
+
+    def __init__(self, result: CheckResult, context: str = "") -> None:
+        self.result = result
+        super().__init__(result.message + (f"\n{context}" if context else ""))
+
+
+class CheckNotApplicable(Exception):
+    """An oracle could not judge (``ok`` None); the pytest plugin turns this into a skip."""
+
+
+# Verdicts collected while a test runs (the pytest plugin reads and clears this list).
+RECORDED: list[CheckResult] = []
+
+
+def require(result: CheckResult, t: Transcript | None = None) -> CheckResult:
+    """Record ``result``; raise CheckFailed if violated, CheckNotApplicable if not judged."""
+    RECORDED.append(result)
+    if result.ok is False:
+        raise CheckFailed(result, t.summary() if t is not None else "")
+    if result.ok is None:
+        raise CheckNotApplicable(result.message)
+    return result
+
+
+def _ok(name: str, detail: str = "") -> CheckResult:
+    return CheckResult(name, True, detail)
+
+
+def _fail(name: str, problems: Sequence[str], more: int = 3) -> CheckResult:
+    extra = f" (+{len(problems) - more} more)" if len(problems) > more else ""
+    return CheckResult(name, False, "; ".join(problems[:more]) + extra)
+
+
+def _verdict(name: str, problems: Sequence[str], ok_detail: str = "") -> CheckResult:
+    return _fail(name, problems) if problems else _ok(name, ok_detail)
+
+
+def _na(name: str, why: str) -> CheckResult:
+    return CheckResult(name, None, why)
+
+
+# ---------------------------------------------------------------------------------------------
+# run level
+
+
+def run_completed(t: Transcript) -> CheckResult:
+    """The run ended normally: every vCPU ran its script to the end and terminated."""
+    name = "run_completed"
+    problems = []
+    if t.status != "ok":
+        problems.append(f"run status {t.status}" + (f" ({t.error})" if t.error else ""))
+    for v, vc in enumerate(t.vcpus):
+        if vc.get("status") not in ("terminated", "ok"):
+            problems.append(f"vCPU {v} {vc.get('status')} at {vc.get('symbol') or vc.get('rip')}"
+                            f" {vc.get('exit_reason') or ''}".rstrip())
+    for v, vr in enumerate(t.results.get("vcpu", ())):
+        if not vr.get("finished"):
+            problems.append(f"vCPU {v} did not finish its script ({vr.get('nsteps', 0)} steps)")
+        if vr.get("setup_error"):
+            problems.append(f"vCPU {v} setup failed at stage {vr['setup_error']} "
+                            f"(detail {vr.get('setup_detail', 0):#x}) log: {vr.get('log', '')!r}")
+        if vr.get("exc_valid"):
+            problems.append(f"vCPU {v} took exception {vr.get('exc_vector')} at "
+                            f"{vr.get('exc_rip', 0):#x}")
+    if not t.results and not problems:
+        problems.append("no guest results")
+    return _verdict(name, problems)
+
+
+def run_failed_with(t: Transcript, status: str, errno_name: str | None = None) -> CheckResult:
+    """The run ended with ``status`` (e.g. "kvm-run-error") and, if given, that errno named."""
+    name = "run_failure_reported"
+    if t.status != status:
+        return _fail(name, [f"run status {t.status!r}, want {status!r} ({t.error})"])
+    if errno_name:
+        text = " ".join([str(t.error or "")] + [str(vc.get("exit_reason", "")) for vc in t.vcpus])
+        if errno_name not in text:
+            return _fail(name, [f"{errno_name} not named in the failure ({text.strip()!r})"])
+    return _ok(name, f"status {status}")
+
+
+# ---------------------------------------------------------------------------------------------
+# matching attempts to certificate exits
+
+
+def _reaches_cert_exit(t: Transcript, a: Attempt) -> bool:
+    """Whether KVM (per ABI) turns this attempt into a certificate exit to the VMM."""
+    if not a.is_ext or a.ghcb_error or t.abi == "stub":
+        return False
+    return t.abi == "vmgexit-v15" or a.msg_type == MSG_REPORT_REQ
+
+
+def cert_exit_of(t: Transcript) -> dict[tuple[int, int, int], dict[str, Any]]:
+    """Pair each attempt that should have exited to the VMM with that exit, per vCPU in order."""
+    pairs: dict[tuple[int, int, int], dict[str, Any]] = {}
+    for v in range(t.nvcpus):
+        exits = t.cert_exits(v)
+        attempts = [a for s in t.steps(v) for a in s.attempts if _reaches_cert_exit(t, a)]
+        for a, e in zip(attempts, exits):
+            pairs[(a.vcpu, a.step, a.index)] = e
+    return pairs
+
+
+def _answer(e: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    ans = e.get("answer")
+    if isinstance(ans, Mapping):
+        return ans.get("ret"), ans.get("npages")
+    if isinstance(ans, (list, tuple)) and len(ans) == 2:
+        return ans[0], ans[1]
+    return None, None
+
+
+def cert_exits_match_requests(t: Transcript) -> CheckResult:
+    """Every extended report request produced exactly one certificate exit (none on stub)."""
+    name = "cert_exit_per_request"
+    problems = []
+    for v in range(t.nvcpus):
+        want = sum(1 for s in t.steps(v) for a in s.attempts if _reaches_cert_exit(t, a))
+        got = len(t.cert_exits(v))
+        if want != got:
+            problems.append(f"vCPU {v}: {got} certificate exit(s) for {want} extended report "
+                            f"request(s) on {t.abi}")
+    return _verdict(name, problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# INVALID_LEN
+
+
+def _invalid_len_attempts(t: Transcript) -> list[Attempt]:
+    return [a for a in t.all_attempts()
+            if a.vmm_error == SNP_GUEST_VMM_ERR_INVALID_LEN and not a.ghcb_error]
+
+
+def invalid_len_encoding(t: Transcript) -> CheckResult:
+    """INVALID_LEN is exactly SW_EXITINFO2 = 1<<32 with SW_EXITINFO1 = 0, only on EXT requests."""
+    name = "invalid_len_encoding"
+    problems = []
+    for a in t.all_attempts():
+        if a.vmm_error != SNP_GUEST_VMM_ERR_INVALID_LEN:
+            continue
+        if a.sw_exitinfo1 != 0 or a.sw_exitinfo2 != INVALID_LEN:
+            problems.append(f"{a.where}: EXITINFO1={a.sw_exitinfo1:#x} EXITINFO2="
+                            f"{a.sw_exitinfo2:#x}, want 0 and {INVALID_LEN:#x}")
+        elif not a.is_ext:
+            problems.append(f"{a.where}: INVALID_LEN on a plain guest request {a.exit_code:#x}")
+    n = len(_invalid_len_attempts(t))
+    return _verdict(name, problems, f"{n} INVALID_LEN answer(s) well formed")
+
+
+def invalid_len_rbx(t: Transcript) -> CheckResult:
+    """On INVALID_LEN, RBX holds the pages the VMM asked for, and the VMM asked for
+    ceil(blob / 4096) unless the test scripted another number."""
+    name = "invalid_len_rbx"
+    attempts = _invalid_len_attempts(t)
+    if not attempts:
+        return _ok(name, "no INVALID_LEN answers")
+    problems = []
+    blobs = t.served_blobs()
+    needed = {pages_for(len(b)) for b in blobs}
+    pairs = cert_exit_of(t)
+    exits = t.cert_exits()
+    for a in attempts:
+        e = pairs.get((a.vcpu, a.step, a.index))
+        _, npages = _answer(e) if e is not None else (None, None)
+        if npages is not None and a.rbx_out != npages:
+            problems.append(f"{a.where}: RBX={a.rbx_out} after INVALID_LEN, but the VMM answered "
+                            f"npages={npages}")
+            continue
+        scripted = _scripted_npages(t, exits, e)
+        want = {scripted} if scripted is not None else needed
+        if want and a.rbx_out not in want:
+            sizes = "/".join(str(len(b)) for b in blobs)
+            problems.append(f"{a.where}: RBX={a.rbx_out} after INVALID_LEN, want "
+                            f"{'/'.join(map(str, sorted(want)))} pages for a {sizes}-byte blob")
+    return _verdict(name, problems, f"{len(attempts)} INVALID_LEN answer(s) with the right RBX")
+
+
+def _scripted_npages(t: Transcript, exits: Sequence[Mapping[str, Any]],
+                     e: Mapping[str, Any] | None) -> int | None:
+    """npages the scenario scripted for this certificate exit (``enospc-npages:N``), if any.
+    The VMM consumes ``cert_answers`` in the order of exits across the whole VM."""
+    if e is None:
+        return None
+    k = next((n for n, x in enumerate(exits) if x is e), None)
+    answers = t.scenario.cert_answers
+    if k is not None and k < len(answers) and answers[k].startswith("enospc-npages:"):
+        return int(answers[k].split(":", 1)[1])
+    return None
+
+
+def invalid_len_no_write(t: Transcript) -> CheckResult:
+    """Nothing is written to the guest's certificate buffer when INVALID_LEN is returned.
+
+    The payload clears the head of its certificate buffer before every extended attempt and
+    records it after the exit (``certs_head``), so any byte there came from the host."""
+    name = "invalid_len_no_write"
+    problems = []
+    for a in _invalid_len_attempts(t):
+        if any(a.certs_head):
+            problems.append(f"{a.where}: certificate buffer written on INVALID_LEN "
+                            f"(head {a.certs_head[:24].hex()})")
+    return _verdict(name, problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# sequence numbers and IV reuse
+
+
+def _vmpck_users(t: Transcript) -> dict[int, set[int]]:
+    users: dict[int, set[int]] = defaultdict(set)
+    for v, script in enumerate(t.scenario.steps):
+        for s in script:
+            if s.op != "terminate":
+                users[s.vmpck].add(v)
+    return users
+
+
+def seqno_advance(t: Transcript) -> CheckResult:
+    """Sequence numbers go 1, 3, 5, ... per VMPCK: each new message uses the next number,
+    only a completed exchange advances it (by 2), resends reuse it, the response carries N+1,
+    and the firmware saw completed exchanges in that order."""
+    name = "seqno_advance"
+    problems: list[str] = []
+    users = _vmpck_users(t)
+    for v in range(t.nvcpus):
+        expected: dict[int, int | None] = {}
+        for s in t.steps(v):
+            sstep = _scenario_step(t, v, s.index)
+            overridden = sstep is not None and sstep.seqno is not None
+            for a in s.attempts:
+                k = a.vmpck
+                if len(users.get(k, {v})) > 1:
+                    continue  # shared VMPCK: only the firmware's log can order the messages
+                if overridden:
+                    expected[k] = None  # resynchronise after a deliberate replay or skip
+                    continue
+                want = expected.get(k, 1)
+                if want is None:
+                    want = a.seqno
+                if a.seqno != want:
+                    problems.append(f"{a.where}: VMPCK{k} seqno {a.seqno}, want {want}")
+                    want = a.seqno
+                expected[k] = want + 2 if a.completed else want
+            last = s.last
+            if (last is not None and last.completed and s.decrypt_name == "OK"
+                    and s.resp_seqno != last.seqno + 1):
+                problems.append(f"{s.where}: response seqno {s.resp_seqno}, want {last.seqno + 1}")
+        seq_next = t.vcpu(v).get("seqno_next")
+        if isinstance(seq_next, (list, tuple)):
+            for k, want in expected.items():
+                if want is not None and k < len(seq_next) and len(users.get(k, ())) <= 1 \
+                        and seq_next[k] != want:
+                    problems.append(f"vCPU {v}: VMPCK{k} next seqno {seq_next[k]} at the end, "
+                                    f"want {want}")
+    # The firmware's view (emulated platform): completed exchanges per VMPCK in order.
+    fw_next: dict[int, int] = {}
+    for m in t.message_log:
+        if m.get("reached_firmware") and m.get("fw_status") == 0:
+            k, n = int(m["vmpck"]), int(m["seqno"])
+            want = fw_next.get(k, 1)
+            if n != want:
+                problems.append(f"firmware log: VMPCK{k} completed seqno {n}, want {want}")
+            fw_next[k] = n + 2
+    return _verdict(name, problems)
+
+
+def _scenario_step(t: Transcript, v: int, i: int):
+    try:
+        return t.scenario.steps[v][i]
+    except IndexError:
+        return None
+
+
+def no_iv_reuse(t: Transcript) -> CheckResult:
+    """No (VMPCK, seqno) is ever used with two different ciphertexts (AES-GCM IV reuse), by the
+    firmware's message log (emulated) and by the guest's own request tags."""
+    name = "no_iv_reuse"
+    problems = []
+    seen: dict[tuple[int, int], dict[str, str]] = defaultdict(dict)
+    for m in t.message_log:
+        key = (int(m["vmpck"]), int(m["seqno"]))
+        ct = f"{m.get('ct_sha256', '')}/{m.get('tag', '')}"
+        seen[key].setdefault(ct, f"log vCPU {m.get('vcpu')} exit {int(m.get('exit_code', 0)):#x}")
+    for a in t.all_attempts():
+        if not any(a.tag):
+            continue
+        seen[(a.vmpck, a.seqno)].setdefault(f"tag:{a.tag.hex()}", a.where)
+    for (k, n), variants in sorted(seen.items()):
+        tags = {c for c in variants if c.startswith("tag:")}
+        logs = {c for c in variants if not c.startswith("tag:")}
+        if len(tags) > 1 or len(logs) > 1:
+            where = ", ".join(sorted(set(variants.values())))
+            problems.append(f"VMPCK{k} seqno {n} used for {max(len(tags), len(logs))} different "
+                            f"messages ({where})")
+    return _verdict(name, problems)
+
+
+def busy_resent_identical(t: Transcript) -> CheckResult:
+    """After BUSY the guest re-sends the byte-identical message (same exit, seqno and tag)."""
+    name = "busy_resent_identical"
+    problems = []
+    nbusy = 0
+    for s in t.all_steps():
+        for a, b in zip(s.attempts, s.attempts[1:]):
+            if a.vmm_error != SNP_GUEST_VMM_ERR_BUSY or a.ghcb_error:
+                continue
+            nbusy += 1
+            if (b.seqno, b.tag, b.exit_code, b.vmpck) != (a.seqno, a.tag, a.exit_code, a.vmpck) \
+                    or not b.resent:
+                problems.append(f"{b.where}: after BUSY sent seqno {b.seqno} tag {b.tag.hex()[:8]}"
+                                f" exit {b.exit_code:#x}, want the identical message "
+                                f"(seqno {a.seqno} tag {a.tag.hex()[:8]} exit {a.exit_code:#x})")
+    return _verdict(name, problems, f"{nbusy} BUSY answer(s) followed by identical resends")
+
+
+def host_error_no_seqno(t: Transcript) -> CheckResult:
+    """A host-side error (GHCB error, INVALID_LEN, BUSY, generic) never reaches the firmware, so
+    it never consumes a sequence number: the firmware log shows no firmware call for it, and the
+    next message under that seqno is not rejected by the firmware."""
+    name = "host_error_no_seqno"
+    problems = []
+    log_by_msg: dict[tuple[int, int, int, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for m in t.message_log:
+        log_by_msg[(int(m.get("vcpu", -1)), int(m["vmpck"]), int(m["seqno"]),
+                    str(m.get("tag", "")))].append(m)
+    for v in range(t.nvcpus):
+        attempts = [a for s in t.steps(v) for a in s.attempts]
+        for idx, a in enumerate(attempts):
+            if a.ghcb_error:
+                continue  # KVM rejected the call before reading the message
+            # the log entry of this attempt: the first one for the same message not yet claimed
+            entries = log_by_msg.get((v, a.vmpck, a.seqno, a.tag.hex()), [])
+            m = entries.pop(0) if entries else None
+            if not a.host_error:
+                continue
+            if m is not None and m.get("reached_firmware"):
+                problems.append(f"{a.where}: EXITINFO2={a.sw_exitinfo2:#x} returned to the guest "
+                                f"but the firmware processed seqno {a.seqno} "
+                                f"(status {m.get('fw_status')})")
+                continue
+            nxt = next((b for b in attempts[idx + 1:] if b.vmpck == a.vmpck
+                        and b.seqno == a.seqno and not b.host_error), None)
+            if nxt is not None and nxt.fw_status != 0:
+                problems.append(f"{nxt.where}: firmware rejected seqno {nxt.seqno} "
+                                f"(status {nxt.fw_status:#x}) after a host-side error at "
+                                f"{a.where}: the error consumed the sequence number")
+    return _verdict(name, problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# stub profile
+
+
+def stub_no_vmm_errors(t: Transcript) -> CheckResult:
+    """The stub (6.11–6.19) never exits to the VMM and never answers INVALID_LEN or BUSY."""
+    name = "stub_no_vmm_errors"
+    problems = [f"{a.where}: EXITINFO2={a.sw_exitinfo2:#x} on the stub ABI"
+                for a in t.all_attempts()
+                if a.vmm_error in (SNP_GUEST_VMM_ERR_INVALID_LEN, SNP_GUEST_VMM_ERR_BUSY)]
+    if t.cert_exits():
+        problems.append(f"{len(t.cert_exits())} certificate exit(s) to the VMM on the stub ABI")
+    return _verdict(name, problems)
+
+
+def stub_empty_table(t: Transcript, v: int, i: int) -> CheckResult:
+    """With RBX != 0 the stub leaves an empty certificate table (24 zero bytes), nothing else."""
+    name = "stub_empty_table"
+    s = t.step(v, i)
+    problems = []
+    for a in s.attempts:
+        if a.is_ext and a.rbx_in and any(a.certs_head[:24]):
+            problems.append(f"{a.where}: table head {a.certs_head[:24].hex()}, want 24 zero bytes")
+    if s.certs.rstrip(b"\0"):
+        problems.append(f"{s.where}: guest kept {len(s.certs)} certificate bytes from an empty "
+                        "table")
+    return _verdict(name, problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# expectations about one step
+
+
+def _first_or_all(s: StepResult, attempt: int | None) -> list[Attempt]:
+    if attempt is None:
+        return list(s.attempts)
+    if attempt >= len(s.attempts):
+        return []
+    return [s.attempts[attempt]]
+
+
+def expect_exit(t: Transcript, v: int, i: int, exitinfo2: int, *, exitinfo1: int = 0,
+                attempt: int = 0, name: str = "step_result") -> CheckResult:
+    """Attempt ``attempt`` of step ``i`` got exactly SW_EXITINFO1/2 = (exitinfo1, exitinfo2)."""
+    s = _step_or_none(t, v, i)
+    if s is None:
+        return _fail(name, [f"vCPU {v} has no step {i} (run status {t.status}: {t.error})"])
+    atts = _first_or_all(s, attempt)
+    if not atts:
+        return _fail(name, [f"{s.where} made {len(s.attempts)} attempt(s), no attempt {attempt}"])
+    a = atts[0]
+    if (a.sw_exitinfo1, a.sw_exitinfo2) != (exitinfo1, exitinfo2):
+        return _fail(name, [f"{a.where}: EXITINFO1={a.sw_exitinfo1:#x} EXITINFO2="
+                            f"{a.sw_exitinfo2:#x}, want {exitinfo1:#x} and {exitinfo2:#x}"])
+    return _ok(name, f"{a.where}: EXITINFO2={exitinfo2:#x}")
+
+
+def expect_invalid_len(t: Transcript, v: int, i: int, *, pages: int | None = None,
+                       attempt: int = 0) -> CheckResult:
+    """The attempt got INVALID_LEN (exactly 1<<32) with RBX = ``pages`` (default: the blob's)."""
+    name = "invalid_len_encoding"
+    r = expect_exit(t, v, i, INVALID_LEN, attempt=attempt, name=name)
+    if not r:
+        return r
+    a = t.step(v, i).attempts[attempt]
+    want = pages if pages is not None else pages_for(len(t.cert_blob))
+    if a.rbx_out != want:
+        return _fail("invalid_len_rbx", [f"{a.where}: RBX={a.rbx_out} after INVALID_LEN, want "
+                                         f"{want} pages for a {len(t.cert_blob)}-byte blob"])
+    return _ok(name, f"{a.where}: INVALID_LEN, RBX={want}")
+
+
+def expect_success(t: Transcript, v: int, i: int) -> CheckResult:
+    """The step's final attempt completed (EXITINFO1 = EXITINFO2 = 0) and the response decrypted."""
+    name = "request_completed"
+    s = _step_or_none(t, v, i)
+    if s is None:
+        return _fail(name, [f"vCPU {v} has no step {i} (run status {t.status}: {t.error})"])
+    a = s.last
+    if a is None:
+        return _fail(name, [f"{s.where}: no attempt made ({s.outcome_name})"])
+    if not a.completed:
+        return _fail(name, [f"{a.where}: EXITINFO1={a.sw_exitinfo1:#x} EXITINFO2="
+                            f"{a.sw_exitinfo2:#x}, want 0/0"])
+    if s.decrypt_name != "OK":
+        return _fail(name, [f"{s.where}: response did not decrypt ({s.decrypt_name})"])
+    if s.rsp_status != 0:
+        return _fail(name, [f"{s.where}: MSG_REPORT_RSP status {s.rsp_status:#x}"])
+    return _ok(name, f"{s.where}: {len(s.attempts)} attempt(s)")
+
+
+def expect_ghcb_error(t: Transcript, v: int, i: int,
+                      reasons: Iterable[int] = PAGE_ERROR_REASONS, attempt: int = 0) -> CheckResult:
+    """KVM rejected the call as malformed: EXITINFO1 = 2 and EXITINFO2 one of ``reasons``."""
+    name = "ghcb_error_code"
+    reasons = tuple(reasons)
+    s = _step_or_none(t, v, i)
+    if s is None:
+        return _fail(name, [f"vCPU {v} has no step {i} (run status {t.status}: {t.error})"])
+    atts = _first_or_all(s, attempt)
+    if not atts:
+        return _fail(name, [f"{s.where} made no attempt {attempt}"])
+    a = atts[0]
+    if a.sw_exitinfo1 != GHCB_HV_RESP_MALFORMED_INPUT or a.sw_exitinfo2 not in reasons:
+        return _fail(name, [f"{a.where}: EXITINFO1={a.sw_exitinfo1:#x} EXITINFO2="
+                            f"{a.sw_exitinfo2:#x}, want 2 and one of "
+                            f"{'/'.join(map(str, reasons))}"])
+    return _ok(name, f"{a.where}: malformed input, reason {a.sw_exitinfo2}")
+
+
+def _step_or_none(t: Transcript, v: int, i: int) -> StepResult | None:
+    try:
+        return t.step(v, i)
+    except TranscriptError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# certificates
+
+
+def _parse(buf: bytes):
+    from snplab.abi.cert_table import parse_table
+
+    return parse_table(buf)
+
+
+def cert_table_parses(t: Transcript, v: int, i: int) -> CheckResult:
+    """The certificate bytes the guest got parse as a strict GHCB certificate table."""
+    name = "cert_table_parses"
+    s = t.step(v, i)
+    if s.certs_truncated:
+        return _fail(name, [f"{s.where}: table runs past the guest's buffer or store "
+                            f"({len(s.certs)} bytes kept)"])
+    try:
+        table = _parse(s.certs)
+    except ValueError as e:
+        return _fail(name, [f"{s.where}: {e}"])
+    return _ok(name, f"{s.where}: {len(table.entries)} entries, {len(s.certs)} bytes")
+
+
+def cert_table_matches_blob(t: Transcript, v: int, i: int) -> CheckResult:
+    """The table the guest got is byte-for-byte the blob the host served (up to its used end)."""
+    name = "cert_table_matches_blob"
+    s = t.step(v, i)
+    blobs = t.served_blobs()
+    if not blobs:
+        return _na(name, "no served blob recorded")
+    for b in blobs:
+        try:
+            used = _parse(b).used_length
+        except ValueError:
+            used = len(b)
+        if s.certs == b[:used]:
+            return _ok(name, f"{s.where}: {len(s.certs)} bytes equal the served blob")
+    return _fail(name, [f"{s.where}: {len(s.certs)} bytes (sha {_short(s.certs)}) differ from the "
+                        f"served blob(s) of {', '.join(str(len(b)) for b in blobs)} bytes"
+                        + _first_diff(s.certs, blobs[0])])
+
+
+def _short(b: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(b).hexdigest()[:12]
+
+
+def _first_diff(a: bytes, b: bytes) -> str:
+    for k, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f", first difference at byte {k:#x}"
+    return f", lengths {len(a)} vs {len(b)}" if len(a) != len(b) else ""
+
+
+def cert_table_contents(t: Transcript, v: int, i: int, signer: str | None = None) -> CheckResult:
+    """The table holds the signer's VEK (VCEK or VLEK), the ASK/ASVK and the ARK."""
+    from snplab.abi.cert_table import ARK_GUID, ASK_GUID, VCEK_GUID, VLEK_GUID
+
+    name = "cert_table_contents"
+    s = t.step(v, i)
+    try:
+        table = _parse(s.certs)
+    except ValueError as e:
+        return _fail(name, [f"{s.where}: unparseable: {e}"])
+    signer = signer or t.scenario.signer
+    vek = VLEK_GUID if signer == "vlek" else VCEK_GUID
+    missing = [n for g, n in ((vek, signer.upper()), (ASK_GUID, "ASK/ASVK"), (ARK_GUID, "ARK"))
+               if table.get(g) is None]
+    if missing:
+        return _fail(name, [f"{s.where}: no {', '.join(missing)} in the table"])
+    return _ok(name, f"{s.where}: {signer.upper()}, ASK/ASVK and ARK present")
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def report_data_roundtrip(t: Transcript, v: int, i: int) -> CheckResult:
+    """REPORT_DATA in the report is exactly what the step asked for (zero-padded to 64 bytes)."""
+    from snplab.abi.report import REPORT_DATA_OFFSET, REPORT_DATA_SIZE
+
+    name = "report_data_roundtrip"
+    s = t.step(v, i)
+    want = t.scenario.steps[v][i].padded_report_data
+    got = s.report[REPORT_DATA_OFFSET:REPORT_DATA_OFFSET + REPORT_DATA_SIZE]
+    if got != want:
+        return _fail(name, [f"{s.where}: REPORT_DATA {got.hex()[:32]}..., want {want.hex()[:32]}..."])
+    return _ok(name, s.where)
+
+
+def _trust_from(t: Transcript, trust: Any) -> Any:
+    """The trust store to use: the one given, else the emulated roots carried in the transcript
+    (accepted unpinned: they are the emulated platform's own, never AMD's)."""
+    if trust is not None:
+        return trust
+    pem = t.trust.get("roots") if t.platform == "emulated" else None
+    if not pem:
+        return None
+    from snplab.attest.trust import TrustStore
+
+    return TrustStore.from_pem(pem, pinned=False, label="emulated roots (transcript)")
+
+
+# Verifier check name (snplab.attest.verify.CHECK_ORDER) -> the suite property it establishes.
+VERIFIER_PROPERTIES = {
+    "report_parse": "report_parses", "cert_table": "cert_table_parses",
+    "chain_parse": "vek_chain", "vek_parse": "vek_chain", "product": "vek_chain",
+    "chain_ark_self_signed": "vek_chain", "chain_ark_pinned": "vek_chain",
+    "chain_ask": "vek_chain", "chain_vek": "vek_chain", "validity": "vek_chain",
+    "signature_algo": "report_signature", "signature": "report_signature",
+    "reported_tcb": "reported_tcb", "chip_id": "chip_id", "signing_key": "signing_key",
+    "report_format": "report_format",
+}
+
+
+def _at_kw(at: Any) -> dict[str, Any]:
+    """``at`` for the verifier only when the caller chose one (its default is now)."""
+    return {} if at is _DEFAULT_AT else {"at": at}
+
+
+_DEFAULT_AT: Any = object()
+
+
+def report_verifies(t: Transcript, v: int, i: int, trust: Any = None,
+                    at: Any = _DEFAULT_AT) -> CheckResult:
+    """The report verifies with the VEK the host returned in the certificate table and chains to
+    a trusted root; its REPORTED_TCB and CHIP_ID match the VEK (``snplab.attest.verify``)."""
+    name = "report_verifies"
+    s = t.step(v, i)
+    trust = _trust_from(t, trust)
+    if trust is None:
+        return _na(name, "no trust anchors")
+    from snplab.attest.verify import verify_from_cert_table
+
+    verdict = verify_from_cert_table(s.report, s.certs, trust, **_at_kw(at))
+    return _from_verdict(name, s.where, verdict)
+
+
+def report_verifies_with(t: Transcript, v: int, i: int, vek: bytes, chain: Any = None,
+                         trust: Any = None, at: Any = _DEFAULT_AT) -> CheckResult:
+    """The report verifies with a VEK the test supplies (stub ABI: certificates fetched
+    elsewhere, as a real user would from AMD's KDS)."""
+    name = "report_verifies"
+    s = t.step(v, i)
+    trust = _trust_from(t, trust)
+    if trust is None:
+        return _na(name, "no trust anchors")
+    from snplab.attest.verify import verify_report
+
+    verdict = verify_report(s.report, vek, trust, chain=chain, **_at_kw(at))
+    return _from_verdict(name, s.where, verdict)
+
+
+def _from_verdict(name: str, where: str, verdict: Any) -> CheckResult:
+    if verdict.ok:
+        return _ok(name, f"{where}: {len(verdict.checks)} checks passed ({verdict.signer}, "
+                         f"report v{verdict.report_version})")
+    first = verdict.first_failure
+    cname = first.name if first is not None else "input"
+    detail = first.detail if first is not None else (verdict.input_error or "")
+    return _fail(VERIFIER_PROPERTIES.get(cname, name), [f"{where}: {cname}: {detail}"])
+
+
+def measurement_matches(t: Transcript) -> CheckResult:
+    """The launch MEASUREMENT (and each report's) equals the digest ``snplab.attest.measure``
+    predicts from the launch sequence the VMM recorded, independently of the PSP."""
+    from snplab.abi.report import MEASUREMENT_OFFSET, MEASUREMENT_SIZE
+
+    name = "measurement_matches"
+    try:
+        from snplab.attest import measure
+    except ImportError:
+        return _na(name, "snplab.attest.measure not available")
+    if not t.launch_log:
+        return _na(name, "no launch log recorded")
+    try:
+        predicted = measure.predict_from_transcript({"launch_log": t.launch_log})
+    except ValueError as e:
+        return _fail(name, [f"launch log unusable for the prediction: {e}"])
+    problems = []
+    if t.measurement and bytes.fromhex(t.measurement) != predicted:
+        problems.append(f"launch digest {t.measurement[:24]}..., predicted {predicted.hex()[:24]}...")
+    reports = 0
+    for s in t.all_steps():
+        if s.has_report:
+            reports += 1
+            got = s.report[MEASUREMENT_OFFSET:MEASUREMENT_OFFSET + MEASUREMENT_SIZE]
+            if got != predicted:
+                problems.append(f"{s.where}: report MEASUREMENT {got.hex()[:24]}..., predicted "
+                                f"{predicted.hex()[:24]}...")
+    return _verdict(name, problems, f"{predicted.hex()[:16]}... in {reports} report(s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# bundles
+
+
+INVARIANTS: tuple[Callable[[Transcript], CheckResult], ...] = (
+    invalid_len_encoding, invalid_len_rbx, invalid_len_no_write, cert_exits_match_requests,
+    seqno_advance, no_iv_reuse, busy_resent_identical, host_error_no_seqno)
+
+
+def invariants(t: Transcript, *, skip: Iterable[str] = ()) -> list[CheckResult]:
+    """Every invariant's verdict on ``t`` (those named in ``skip`` left out)."""
+    skip = set(skip)
+    out = []
+    for f in INVARIANTS:
+        if f.__name__ in skip:
+            continue
+        try:
+            r = f(t)
+        except TranscriptError as e:
+            r = _fail(f.__name__, [str(e)])
+        if r.name not in skip:
+            out.append(r)
+    return out
+
+
+def step_verdicts(t: Transcript, v: int, i: int, trust: Any = None,
+                  at: Any = _DEFAULT_AT) -> list[CheckResult]:
+    """Everything that must hold of a successful extended report request step."""
+    out = [expect_success(t, v, i)]
+    if not out[0]:
+        return out
+    out += [cert_table_parses(t, v, i), cert_table_matches_blob(t, v, i),
+            cert_table_contents(t, v, i), report_data_roundtrip(t, v, i),
+            report_verifies(t, v, i, trust, at)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# assert_* forms
+
+
+def _asserting(f: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
+    def wrapper(t: Transcript, *args: Any, **kw: Any) -> CheckResult:
+        return require(f(t, *args, **kw), t)
+
+    wrapper.__name__ = "assert_" + f.__name__
+    wrapper.__qualname__ = wrapper.__name__
+    wrapper.__doc__ = f"Raise CheckFailed unless: {(f.__doc__ or '').strip()}"
+    return wrapper
+
+
+def assert_all(results: Iterable[CheckResult], t: Transcript | None = None,
+               allow_na: bool = True) -> None:
+    """Record all ``results`` and raise CheckFailed for the first violated one (skips not-judged
+    results when ``allow_na``)."""
+    results = list(results)
+    RECORDED.extend(results)
+    for r in results:
+        if r.ok is False:
+            raise CheckFailed(r, t.summary() if t is not None else "")
+    if not allow_na:
+        for r in results:
+            if r.ok is None:
+                raise CheckNotApplicable(r.message)
+
+
+def assert_invariants(t: Transcript, *, skip: Iterable[str] = ()) -> None:
+    """Raise CheckFailed naming the first invariant ``t`` violates."""
+    assert_all(invariants(t, skip=skip), t)
+
+
+def assert_step_verified(t: Transcript, v: int, i: int, trust: Any = None,
+                         at: Any = _DEFAULT_AT) -> None:
+    """Raise CheckFailed unless step ``i`` of vCPU ``v`` completed with a table equal to the
+    served blob and a report that verifies against it."""
+    assert_all(step_verdicts(t, v, i, trust, at), t, allow_na=False)
+
+
+assert_run_completed = _asserting(run_completed)
+assert_run_failed_with = _asserting(run_failed_with)
+assert_cert_exits_match_requests = _asserting(cert_exits_match_requests)
+assert_invalid_len_encoding = _asserting(invalid_len_encoding)
+assert_invalid_len_rbx = _asserting(invalid_len_rbx)
+assert_invalid_len_no_write = _asserting(invalid_len_no_write)
+assert_seqno_advance = _asserting(seqno_advance)
+assert_no_iv_reuse = _asserting(no_iv_reuse)
+assert_busy_resent_identical = _asserting(busy_resent_identical)
+assert_host_error_no_seqno = _asserting(host_error_no_seqno)
+assert_stub_no_vmm_errors = _asserting(stub_no_vmm_errors)
+assert_stub_empty_table = _asserting(stub_empty_table)
+assert_exit = _asserting(expect_exit)
+assert_invalid_len = _asserting(expect_invalid_len)
+assert_success = _asserting(expect_success)
+assert_ghcb_error = _asserting(expect_ghcb_error)
+assert_cert_table_parses = _asserting(cert_table_parses)
+assert_cert_table_matches_blob = _asserting(cert_table_matches_blob)
+assert_cert_table_contents = _asserting(cert_table_contents)
+assert_report_data_roundtrip = _asserting(report_data_roundtrip)
+assert_report_verifies = _asserting(report_verifies)
+assert_report_verifies_with = _asserting(report_verifies_with)
+assert_measurement_matches = _asserting(measurement_matches)

@@ -1,0 +1,169 @@
+"""The emulated Reverse Map Table: per 4 KiB page, assigned-to-the-guest (private) or not, and
+validated or not; plus the host's view of guest memory that the RMP implies.
+
+On SNP hardware with guest_memfd, a private page's contents live in guest_memfd and the host's
+ordinary mapping of that GPA is a different (shared) page. The emulated platform has one memslot,
+so the difference is modelled here: **a host access (KVM or the VMM) to a page that is private in
+the RMP reads zeros and its writes are discarded** — the guest never sees them, as on hardware.
+So a request page the guest left private reaches the firmware as a zero page (the firmware answers
+INVALID_PARAM), and certificates written into a private buffer never reach the guest.
+
+States (the granularity is always 4 KiB; a 2 MiB PVALIDATE on 4 KiB entries is a size mismatch):
+- launched pages: private + validated (SNP_LAUNCH_UPDATE validates them);
+- every other page: private + not validated (guest_memfd default), until the guest converts it;
+- page-state change to shared: not private, not validated; to private: private, not validated.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from snplab.abi.ghcb import PVALIDATE_FAIL_INPUT, PVALIDATE_FAIL_SIZEMISMATCH, PVALIDATE_SUCCESS
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+_PRIVATE = 1
+_VALIDATED = 2
+
+
+class Memory(Protocol):
+    """Guest memory as the VMM exposes it (``snplab.vmm.memory.GuestMemory``)."""
+
+    def view(self, gpa: int, length: int) -> memoryview: ...
+
+
+class RmpError(ValueError):
+    """A GPA outside the RMP (outside guest RAM)."""
+
+
+class Rmp:
+    def __init__(self, ram_end: int) -> None:
+        if ram_end <= 0 or ram_end % PAGE_SIZE:
+            raise ValueError(f"RMP size {ram_end:#x} is not a positive page multiple")
+        self.npages = ram_end >> PAGE_SHIFT
+        self._state = bytearray([_PRIVATE]) * self.npages
+
+    def _index(self, gpa: int) -> int:
+        pfn = gpa >> PAGE_SHIFT
+        if gpa < 0 or pfn >= self.npages:
+            raise RmpError(f"GPA {gpa:#x} is outside the RMP ({self.npages} pages)")
+        return pfn
+
+    def contains(self, gpa: int) -> bool:
+        return 0 <= gpa and (gpa >> PAGE_SHIFT) < self.npages
+
+    def is_private(self, gpa: int) -> bool:
+        return bool(self._state[self._index(gpa)] & _PRIVATE)
+
+    def is_validated(self, gpa: int) -> bool:
+        return bool(self._state[self._index(gpa)] & _VALIDATED)
+
+    def launch(self, gpa: int, npages: int) -> None:
+        """SNP_LAUNCH_UPDATE: pages become private and validated."""
+        self._set(gpa, npages, _PRIVATE | _VALIDATED)
+
+    def set_shared(self, gpa: int, npages: int) -> None:
+        self._set(gpa, npages, 0)
+
+    def set_private(self, gpa: int, npages: int) -> None:
+        """Shared → private (unvalidated). Pages already private keep their validated bit."""
+        first = self._index(gpa)
+        self._index(gpa + (npages - 1) * PAGE_SIZE)
+        for i in range(first, first + npages):
+            if not self._state[i] & _PRIVATE:
+                self._state[i] = _PRIVATE
+
+    def _set(self, gpa: int, npages: int, value: int) -> None:
+        first = self._index(gpa)
+        self._index(gpa + (npages - 1) * PAGE_SIZE)
+        self._state[first:first + npages] = bytes([value]) * npages
+
+    def pvalidate(self, gpa: int, huge: bool, validate: bool) -> tuple[int, bool]:
+        """PVALIDATE: (rc, cf). CF=1 with rc 0 = the page already had the requested state.
+
+        Simplifications (documented): a GPA outside RAM, a misaligned 2M GPA, or a page that is not
+        private (real hardware: an RMP nested page fault) gives FAIL_INPUT; any 2M request gives
+        FAIL_SIZEMISMATCH because the emulated RMP holds 4K entries only."""
+        if not self.contains(gpa) or (huge and gpa % (2 << 20)):
+            return PVALIDATE_FAIL_INPUT, False
+        if huge:
+            return PVALIDATE_FAIL_SIZEMISMATCH, False
+        i = gpa >> PAGE_SHIFT
+        if not self._state[i] & _PRIVATE:
+            return PVALIDATE_FAIL_INPUT, False
+        if bool(self._state[i] & _VALIDATED) == validate:
+            return PVALIDATE_SUCCESS, True
+        self._state[i] = _PRIVATE | (_VALIDATED if validate else 0)
+        return PVALIDATE_SUCCESS, False
+
+    def private_pages(self, gpa: int, length: int) -> list[int]:
+        """GPAs of the pages in [gpa, gpa+length) that are private (pages outside RAM skipped)."""
+        if length <= 0:
+            return []
+        first = max(gpa, 0) >> PAGE_SHIFT
+        last = min((gpa + length - 1) >> PAGE_SHIFT, self.npages - 1)
+        return [i << PAGE_SHIFT for i in range(first, last + 1) if self._state[i] & _PRIVATE]
+
+    def counts(self) -> dict[str, int]:
+        s = self._state
+        return {"private": sum(1 for b in s if b & _PRIVATE),
+                "validated": sum(1 for b in s if b & _VALIDATED),
+                "shared": sum(1 for b in s if not b & _PRIVATE)}
+
+
+class HostView:
+    """KVM's ``kvm_read_guest`` / ``kvm_write_guest``: the shared side of guest memory.
+
+    Bounds are checked by the memory object (``GpaOutOfRange``); private pages read as zeros and
+    swallow writes (see the module docstring)."""
+
+    def __init__(self, memory: Memory, rmp: Rmp) -> None:
+        self.memory = memory
+        self.rmp = rmp
+        self.dropped_writes = 0  # bytes written to private pages (never seen by the guest)
+
+    def read(self, gpa: int, length: int) -> bytes:
+        data = bytearray(self.memory.view(gpa, length))
+        for page in self.rmp.private_pages(gpa, length):
+            lo = max(page, gpa) - gpa
+            hi = min(page + PAGE_SIZE, gpa + length) - gpa
+            data[lo:hi] = bytes(hi - lo)
+        return bytes(data)
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        view = self.memory.view(gpa, len(data))
+        private = self.rmp.private_pages(gpa, len(data))
+        if not private:
+            view[:] = data
+            return
+        src = memoryview(bytes(data))
+        pos = gpa
+        end = gpa + len(data)
+        while pos < end:
+            page_end = min((pos | (PAGE_SIZE - 1)) + 1, end)
+            if self.rmp.contains(pos) and self.rmp.is_private(pos):
+                self.dropped_writes += page_end - pos
+            else:
+                view[pos - gpa:page_end - gpa] = src[pos - gpa:page_end - gpa]
+            pos = page_end
+
+    def snapshot_private(self, gpa: int, length: int) -> list[tuple[int, bytes]]:
+        """Contents of the private pages in a range (to undo host writes made through another path)."""
+        out = []
+        for page in self.rmp.private_pages(gpa, length):
+            try:
+                out.append((page, bytes(self.memory.view(page, PAGE_SIZE))))
+            except Exception:  # a page outside a memslot: nothing to protect
+                continue
+        return out
+
+    def restore(self, snapshot: list[tuple[int, bytes]]) -> int:
+        """Put private pages back; returns how many bytes the host had changed in them."""
+        changed = 0
+        for page, data in snapshot:
+            view = self.memory.view(page, PAGE_SIZE)
+            if view != data:
+                changed += sum(1 for a, b in zip(bytes(view), data) if a != b)
+                view[:] = data
+        self.dropped_writes += changed
+        return changed

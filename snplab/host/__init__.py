@@ -1,0 +1,1 @@
+"""Lab-host tooling: preflight (`snplab host check`), certificate provisioning and AMD KDS access."""

@@ -1,0 +1,237 @@
+"""Certificate responder: answers `ReqCerts` (Linux 7.0 KVM_EXIT_SNP_REQ_CERTS) and
+`VmgexitReqCerts` (v15 draft) from a certificate blob file and a script of answers
+(docs/contract.md §3, §5; kvm-host-abi.md §1(a), §1(d)).
+
+The blob file holds the certificate table exactly as the guest should receive it; the responder
+writes those bytes, nothing else, at the guest's GPA, and only if they fit in `npages` pages.
+
+Lock convention (amd-memory-encryption.rst §21): from the exit until the request reached firmware
+the responder holds a shared `F_OFD_SETLK` read lock on the blob file, so a TCB/VLEK updater
+holding the exclusive lock cannot swap the certificates under a guest request. If the lock is
+held exclusively by someone else the answer is EAGAIN (the guest sees BUSY and retries).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import struct
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from snplab.vmm.events import CertsAnswer, ReqCerts, VmgexitReqCerts
+from snplab.vmm.memory import GpaOutOfRange, GuestMemory
+
+PAGE_SIZE = 4096
+# fcntl.h (Linux): open-file-description locks.
+F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
+F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+# struct flock (x86-64): short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid.
+_FLOCK = struct.Struct("hhxxxxqqixxxx")
+
+# v15 kvm_user_vmgexit ret values (kvm-host-abi.md §1(a)).
+V15_INVALID_LEN = 1
+V15_BUSY = 2
+V15_GENERIC = 1 << 31
+
+ANSWER_WORDS = ("auto", "ENOSPC", "EAGAIN", "EIO")
+
+
+class AnswerScriptError(ValueError):
+    """An answer string is not one of auto, ENOSPC, EAGAIN, EIO, ret:<int>, enospc-npages:<int>."""
+
+
+def parse_answer(s: str) -> tuple[str, int | None]:
+    """('auto'|'ENOSPC'|'EAGAIN'|'EIO'|'ret'|'enospc-npages', argument)."""
+    if s in ANSWER_WORDS:
+        return s, None
+    for prefix in ("ret:", "enospc-npages:"):
+        if s.startswith(prefix):
+            try:
+                n = int(s[len(prefix):], 0)
+            except ValueError:
+                break
+            if n < 0 or n >= 1 << 64:
+                break
+            return prefix[:-1], n
+    raise AnswerScriptError(f"bad certificate answer {s!r}: want one of auto, ENOSPC, EAGAIN, "
+                            "EIO, ret:<int>, enospc-npages:<int>")
+
+
+def lock_shared(fd: int) -> bool:
+    """Take a shared OFD lock on the whole file; False if a conflicting lock is held."""
+    try:
+        fcntl.fcntl(fd, F_OFD_SETLK, _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0))
+        return True
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+def lock_exclusive(fd: int) -> bool:
+    """Take an exclusive OFD lock on the whole file (what a certificate updater does)."""
+    try:
+        fcntl.fcntl(fd, F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        return True
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+@dataclass(frozen=True)
+class CertExitRecord:
+    """What the responder did for one certificate exit."""
+
+    vcpu: int
+    abi: str                 # "req-certs" or "vmgexit-v15"
+    gpa: int
+    npages: int
+    script: str              # the scripted answer used ("auto" when the script ran out)
+    ret: int
+    npages_out: int
+    written_gpa: int | None
+    written_len: int
+    sha256: str | None       # of the bytes written
+    locked: bool             # the shared lock is held until complete()
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class CertResponder:
+    """Answers certificate exits for one or more guests from `blob_path` and `answers`."""
+
+    def __init__(self, blob_path: str | os.PathLike[str], answers: Sequence[str] = ()) -> None:
+        self.blob_path = Path(blob_path)
+        self.answers = tuple(answers)
+        self._script = [parse_answer(a) for a in self.answers]
+        self._next = 0
+        self._lock = threading.Lock()
+        self._held: dict[int, int] = {}   # id(vcpu) → fd holding the shared lock
+        self.records: list[CertExitRecord] = []
+
+    # --- wiring --------------------------------------------------------------------------------
+    def attach(self, guest: Any) -> None:
+        """Register as the guest's ReqCerts / VmgexitReqCerts handler and completion hook."""
+        guest.handlers.register(ReqCerts, self.on_req_certs)
+        guest.handlers.register(VmgexitReqCerts, self.on_vmgexit_req_certs)
+        guest.handlers.on_request_complete(self.complete)
+
+    def on_req_certs(self, vcpu: Any, ev: ReqCerts) -> CertsAnswer:
+        return self.answer(vcpu, vcpu.guest.memory, ev.gpa, ev.npages, "req-certs")
+
+    def on_vmgexit_req_certs(self, vcpu: Any, ev: VmgexitReqCerts) -> CertsAnswer:
+        return self.answer(vcpu, vcpu.guest.memory, ev.data_gpa, ev.data_npages, "vmgexit-v15")
+
+    def complete(self, vcpu: Any) -> None:
+        """The request reached firmware (or was abandoned): drop this vCPU's lock."""
+        with self._lock:
+            fd = self._held.pop(id(vcpu), None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._held = list(self._held.values()), {}
+        for fd in fds:
+            os.close(fd)
+
+    @property
+    def locks_held(self) -> int:
+        return len(self._held)
+
+    # --- the answer ----------------------------------------------------------------------------
+    def _take_script(self) -> tuple[str, str, int | None]:
+        with self._lock:
+            i = self._next
+            self._next += 1
+        if i < len(self._script):
+            word, arg = self._script[i]
+            return self.answers[i], word, arg
+        return "auto", "auto", None
+
+    def answer(self, vcpu: Any, memory: GuestMemory, gpa: int, npages: int,
+               abi: str = "req-certs") -> CertsAnswer:
+        """Answer one certificate exit for `vcpu` whose buffer is `npages` pages at `gpa`."""
+        self.complete(vcpu)  # a previous request of this vCPU never completed: release it
+        script, word, arg = self._take_script()
+        v15 = abi == "vmgexit-v15"
+        index = getattr(vcpu, "index", -1)
+
+        def done(ret: int, npages_out: int = 0, reason: str = "", written: bytes | None = None,
+                 wgpa: int | None = None, fd: int | None = None) -> CertsAnswer:
+            locked = False
+            if fd is not None:
+                if ret == 0:
+                    with self._lock:
+                        self._held[id(vcpu)] = fd
+                    locked = True
+                else:
+                    os.close(fd)
+            self.records.append(CertExitRecord(
+                index, abi, gpa, npages, script, ret, npages_out, wgpa,
+                len(written) if written is not None else 0,
+                hashlib.sha256(written).hexdigest() if written is not None else None,
+                locked, reason))
+            return CertsAnswer(ret, npages_out)
+
+        enospc = V15_INVALID_LEN if v15 else errno.ENOSPC
+        if word == "EAGAIN":
+            return done(V15_BUSY if v15 else errno.EAGAIN, reason="scripted")
+        if word == "EIO":
+            return done(V15_GENERIC if v15 else errno.EIO, reason="scripted")
+        if word == "ret":
+            assert arg is not None
+            return done(arg, reason="scripted raw ret")
+        if word == "enospc-npages":
+            assert arg is not None
+            return done(enospc, arg, reason="scripted npages")
+
+        # auto / ENOSPC: read the blob under the shared lock.
+        try:
+            fd = os.open(self.blob_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            return done(V15_GENERIC if v15 else errno.EIO,
+                        reason=f"cannot open blob {self.blob_path}: {e.strerror}")
+        try:
+            if not lock_shared(fd):
+                os.close(fd)
+                return done(V15_BUSY if v15 else errno.EAGAIN,
+                            reason="blob locked exclusively by another process")
+            blob = _read_all(fd)
+        except OSError as e:
+            os.close(fd)
+            return done(V15_GENERIC if v15 else errno.EIO, reason=f"cannot read blob: {e}")
+        need = (len(blob) + PAGE_SIZE - 1) // PAGE_SIZE
+        if word == "ENOSPC":
+            return done(enospc, need, reason="scripted", fd=fd)
+        if len(blob) > npages * PAGE_SIZE:
+            return done(enospc, need, reason=f"blob needs {need} pages, guest gave {npages}",
+                        fd=fd)
+        try:
+            view = memory.view(gpa, len(blob))
+        except GpaOutOfRange as e:
+            return done(V15_GENERIC if v15 else errno.EIO, reason=str(e), fd=fd)
+        view[:] = blob
+        view.release()
+        return done(0, 0, reason="blob written", written=blob, wgpa=gpa, fd=fd)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.records]
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)

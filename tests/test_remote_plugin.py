@@ -1,0 +1,154 @@
+"""--platform ssh from the outside: an inner pytest run against loopback sshd hosts.
+
+Each refusal (unknown host key, changed host key, wrong user key, host down, command timeout, no
+free slot) must make the guest test an ERROR with a one-line reason, and the run must go on.
+Killing the controller mid-job must leave no snplab process behind on the "remote" host.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sshd_fixture import inventory_toml, snplab_processes, sshd  # noqa: F401  (fixture)
+
+from snplab.remote import host_slots
+from snplab.remote.loopback import free_port, public_line, write_ed25519_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+INNER_TESTS = """
+from snplab.scenario import Scenario, Step
+
+def test_guest(ssh_platform):
+    ssh_platform.run(Scenario.single("req-certs", "milan", Step.ext(1), guest_timeout={guest_timeout}))
+
+def test_after_guest():
+    assert sorted([3, 1, 2]) == [1, 2, 3]
+"""
+
+
+def run_inner(tmp_path: Path, inventory: str, *args: str, guest_timeout: float = 10.0,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "hosts.toml").write_text(inventory)
+    (tmp_path / "test_inner.py").write_text(INNER_TESTS.format(guest_timeout=guest_timeout))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="1000")  # short summary lines untruncated
+    env.pop("PYTEST_XDIST_WORKER", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "snplab.remote.pytest_remote", "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), "-q", "-rA", "--inventory", str(tmp_path / "hosts.toml"),
+         "--ssh-connect-timeout", "5", str(tmp_path / "test_inner.py"), *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_error_then_pass(res: subprocess.CompletedProcess[str], error_type: str, phrase: str) -> str:
+    out = res.stdout
+    assert res.returncode == 1, out + res.stderr
+    assert re.search(r"\b1 passed, 1 error\b", out), out
+    assert "PASSED test_inner.py::test_after_guest" in out, out
+    m = re.search(rf"^ERROR test_inner\.py::test_guest - ({error_type}: .*)$", out, re.M)
+    assert m, out
+    assert phrase in m.group(1), m.group(1)
+    assert "Traceback" not in out and "paramiko" not in out.split("short test summary")[0], out
+    return m.group(1)
+
+
+def test_unknown_host_key_is_an_error(sshd, tmp_path):
+    """No entry for the host in known_hosts: ERROR 'host key unknown', next test still runs."""
+    kh = tmp_path / "empty_known_hosts"
+    kh.write_text("")
+    inv = inventory_toml([sshd], tmp_path / "work").replace(str(sshd.known_hosts), str(kh))
+    assert_error_then_pass(run_inner(tmp_path, inv), "HostKeyUnknown", "host key unknown")
+
+
+def test_changed_host_key_is_an_error(sshd, tmp_path):
+    other = write_ed25519_key(tmp_path / "impostor")
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{sshd.port} {public_line(other)}\n")
+    inv = inventory_toml([sshd], tmp_path / "work").replace(str(sshd.known_hosts), str(kh))
+    assert_error_then_pass(run_inner(tmp_path, inv, "--ssh-tofu"), "HostKeyChanged", "host key CHANGED")
+
+
+def test_wrong_user_key_is_an_error(sshd, tmp_path):
+    write_ed25519_key(tmp_path / "stranger")
+    inv = inventory_toml([sshd], tmp_path / "work").replace(str(sshd.user_key), str(tmp_path / "stranger"))
+    assert_error_then_pass(run_inner(tmp_path, inv), "AuthFailed", "authentication failed")
+
+
+def test_host_down_is_an_error(sshd, tmp_path):
+    inv = inventory_toml([sshd], tmp_path / "work").replace(f"port = {sshd.port}", f"port = {free_port()}")
+    assert_error_then_pass(run_inner(tmp_path, inv), "HostUnreachable", "Connection refused")
+
+
+def test_command_timeout_is_an_error(sshd, tmp_path):
+    """A guest job slower than guest_timeout + --ssh-job-timeout is killed and reported."""
+    inv = inventory_toml([sshd], tmp_path / "work")
+    res = run_inner(tmp_path, inv, "--ssh-job-timeout", "0.01", guest_timeout=0.05)
+    assert_error_then_pass(res, "CommandTimeout", "timed out after 0.06 s")
+    assert snplab_processes(str(tmp_path / "work")) == []
+
+
+def test_no_free_slot_is_an_error(sshd, tmp_path):
+    """Every slot held on the host for longer than --ssh-lease-timeout: ERROR LeaseTimeout."""
+    work = tmp_path / "work"
+    inv = inventory_toml([sshd], work, capacity=1)
+    lease = host_slots.try_acquire(work / sshd.name / "slots", 1, "someone else")
+    try:
+        res = run_inner(tmp_path, inv, "--ssh-lease-timeout", "1")
+    finally:
+        lease.release()
+    assert_error_then_pass(res, "LeaseTimeout", "no free guest slot on lab0 within 1 s")
+
+
+CONTROLLER = """
+import sys
+from pathlib import Path
+from snplab.remote.inventory import Inventory
+from snplab.remote.platform import SshPlatform
+from snplab.scenario import Scenario, Step
+p = SshPlatform(Inventory.load(sys.argv[1]).hosts, lease_timeout=300)
+print("ready", flush=True)
+p.run(Scenario.single("req-certs", "milan", Step.ext(1), guest_timeout=float(sys.argv[2])))
+print("finished", flush=True)
+"""
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_killed_controller_leaves_no_remote_job(sshd, tmp_path):
+    """SIGKILL the controller while its remote job runs (here: waiting for a slot the test
+    holds): within seconds no process of that job is left on the host."""
+    work = tmp_path / "work"
+    (tmp_path / "hosts.toml").write_text(inventory_toml([sshd], work, capacity=1))
+    lease = host_slots.try_acquire(work / sshd.name / "slots", 1, "the test")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    ctl = subprocess.Popen([sys.executable, "-c", CONTROLLER, str(tmp_path / "hosts.toml"), "10"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert ctl.stdout.readline().strip() == "ready"
+        # the remote job is up once a process with our work dir in its command line exists
+        assert wait_for(lambda: any("--slot-wait" in c for _, c in snplab_processes(str(work))), 60), \
+            ctl.stderr.read() if ctl.poll() is not None else "no remote job started"
+        os.kill(ctl.pid, signal.SIGKILL)
+        ctl.wait()
+        assert wait_for(lambda: snplab_processes(str(work)) == [], 15), snplab_processes(str(work))
+    finally:
+        lease.release()
+        if ctl.poll() is None:
+            ctl.kill()
+            ctl.wait()
