@@ -22,6 +22,8 @@ successful exchange: request N, response N+1, next request N+2.
 
 from __future__ import annotations
 
+import errno as errno_mod
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -136,16 +138,21 @@ def run_completed(t: Transcript) -> CheckResult:
     return _verdict(name, problems)
 
 
-def run_failed_with(t: Transcript, status: str, errno_name: str | None = None) -> CheckResult:
-    """The run ended with ``status`` (e.g. "kvm-run-error") and, if given, that errno named."""
-    name = "run_failure_reported"
-    if t.status != status:
-        return _fail(name, [f"run status {t.status!r}, want {status!r} ({t.error})"])
+def run_failed_with(t: Transcript, status: str | None = None, errno_name: str | None = None,
+                    *, name: str = "run_failure_reported") -> CheckResult:
+    """The run failed (with ``status``, or any status but "ok" if None) and the failure names
+    ``errno_name`` (e.g. "EINVAL") if given."""
+    if t.status == "ok" or (status is not None and t.status != status):
+        return _fail(name, [f"run status {t.status!r}, want {status or 'a failure'!r}"
+                            + (f" ({t.error})" if t.error else "")])
     if errno_name:
-        text = " ".join([str(t.error or "")] + [str(vc.get("exit_reason", "")) for vc in t.vcpus])
-        if errno_name not in text:
+        text = " ".join([str(t.error or "")] + [f"{vc.get('reason', '')} {vc.get('exit_reason', '')}"
+                                                for vc in t.vcpus])
+        num = getattr(errno_mod, errno_name, None)
+        forms = [errno_name] + ([f"errno {num}", os.strerror(num)] if num is not None else [])
+        if not any(f in text for f in forms):
             return _fail(name, [f"{errno_name} not named in the failure ({text.strip()!r})"])
-    return _ok(name, f"status {status}")
+    return _ok(name, f"status {t.status}: {t.error}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,10 +160,16 @@ def run_failed_with(t: Transcript, status: str, errno_name: str | None = None) -
 
 
 def _reaches_cert_exit(t: Transcript, a: Attempt) -> bool:
-    """Whether KVM (per ABI) turns this attempt into a certificate exit to the VMM."""
+    """Whether KVM (per ABI) turns this attempt into a certificate exit to the VMM.  A request
+    page the guest left private is not readable by KVM (it sees no valid header): not judged."""
     if not a.is_ext or a.ghcb_error or t.abi == "stub":
         return False
-    return t.abi == "vmgexit-v15" or a.msg_type == MSG_REPORT_REQ
+    if t.abi == "vmgexit-v15":
+        return True  # the v15 draft exits for every extended request (no header inspection)
+    sstep = _scenario_step(t, a.vcpu, a.step)
+    if sstep is not None and sstep.pages == "private_req":
+        return False
+    return a.msg_type == MSG_REPORT_REQ
 
 
 def cert_exit_of(t: Transcript) -> dict[tuple[int, int, int], dict[str, Any]]:
@@ -261,12 +274,13 @@ def _scripted_npages(t: Transcript, exits: Sequence[Mapping[str, Any]],
 def invalid_len_no_write(t: Transcript) -> CheckResult:
     """Nothing is written to the guest's certificate buffer when INVALID_LEN is returned.
 
-    The payload clears the head of its certificate buffer before every extended attempt and
-    records it after the exit (``certs_head``), so any byte there came from the host."""
+    The payload fills the head of its certificate buffer with one byte value before every
+    extended attempt and records it after the exit (``certs_head``): anything but a uniform fill
+    there came from the host (a table starts with a GUID, never a uniform run)."""
     name = "invalid_len_no_write"
     problems = []
     for a in _invalid_len_attempts(t):
-        if any(a.certs_head):
+        if len(set(a.certs_head)) > 1:
             problems.append(f"{a.where}: certificate buffer written on INVALID_LEN "
                             f"(head {a.certs_head[:24].hex()})")
     return _verdict(name, problems)
@@ -312,8 +326,7 @@ def seqno_advance(t: Transcript) -> CheckResult:
                     want = a.seqno
                 expected[k] = want + 2 if a.completed else want
             last = s.last
-            if (last is not None and last.completed and s.decrypt_name == "OK"
-                    and s.resp_seqno != last.seqno + 1):
+            if last is not None and last.completed and s.resp_seqno != last.seqno + 1:
                 problems.append(f"{s.where}: response seqno {s.resp_seqno}, want {last.seqno + 1}")
         seq_next = t.vcpu(v).get("seqno_next")
         if isinstance(seq_next, (list, tuple)):
@@ -325,7 +338,7 @@ def seqno_advance(t: Transcript) -> CheckResult:
     # The firmware's view (emulated platform): completed exchanges per VMPCK in order.
     fw_next: dict[int, int] = {}
     for m in t.message_log:
-        if m.get("reached_firmware") and m.get("fw_status") == 0:
+        if m.get("reached_firmware") and m.get("fw_status") == 0 and m.get("seqno") is not None:
             k, n = int(m["vmpck"]), int(m["seqno"])
             want = fw_next.get(k, 1)
             if n != want:
@@ -348,6 +361,8 @@ def no_iv_reuse(t: Transcript) -> CheckResult:
     problems = []
     seen: dict[tuple[int, int], dict[str, str]] = defaultdict(dict)
     for m in t.message_log:
+        if m.get("vmpck") is None or m.get("seqno") is None:
+            continue  # KVM could not read a message header there
         key = (int(m["vmpck"]), int(m["seqno"]))
         ct = f"{m.get('ct_sha256', '')}/{m.get('tag', '')}"
         seen[key].setdefault(ct, f"log vCPU {m.get('vcpu')} exit {int(m.get('exit_code', 0)):#x}")
@@ -363,6 +378,52 @@ def no_iv_reuse(t: Transcript) -> CheckResult:
             problems.append(f"VMPCK{k} seqno {n} used for {max(len(tags), len(logs))} different "
                             f"messages ({where})")
     return _verdict(name, problems)
+
+
+def _fw_rejected(a: Attempt) -> bool:
+    """The firmware ran and refused the message (status in SW_EXITINFO2[31:0], no VMM error)."""
+    return a.sw_exitinfo1 == 0 and a.vmm_error == 0 and a.fw_status != 0
+
+
+def firmware_error_no_seqno(t: Transcript) -> CheckResult:
+    """A message the firmware rejects does not consume a sequence number: after a rejection,
+    the guest's next message under its (unchanged) counter is accepted."""
+    name = "firmware_error_no_seqno"
+    problems = []
+    for v in range(t.nvcpus):
+        prev: dict[int, Attempt] = {}
+        for s in t.steps(v):
+            sstep = _scenario_step(t, v, s.index)
+            override = sstep is not None and sstep.seqno is not None
+            for a in s.attempts:
+                if a.host_error:
+                    continue  # never reached the firmware
+                before = prev.get(a.vmpck)
+                if _fw_rejected(a) and not override and before is not None:
+                    problems.append(f"{a.where}: firmware rejected seqno {a.seqno} (status "
+                                    f"{a.fw_status:#x}) right after rejecting {before.where} "
+                                    f"(seqno {before.seqno}): the rejection consumed a sequence "
+                                    "number")
+                if _fw_rejected(a):
+                    prev[a.vmpck] = a
+                else:
+                    prev.pop(a.vmpck, None)
+    return _verdict(name, problems)
+
+
+def expect_firmware_rejected(t: Transcript, v: int, i: int, *, attempt: int = 0,
+                             name: str = "firmware_rejected") -> CheckResult:
+    """The attempt reached the firmware and was refused: EXITINFO1 = 0, no VMM error, a non-zero
+    firmware status."""
+    s = _step_or_none(t, v, i)
+    if s is None or attempt >= len(s.attempts):
+        return _fail(name, [f"vCPU {v} step {i} made no attempt {attempt} (run status "
+                            f"{t.status}: {t.error})"])
+    a = s.attempts[attempt]
+    if not _fw_rejected(a):
+        return _fail(name, [f"{a.where}: EXITINFO1={a.sw_exitinfo1:#x} EXITINFO2="
+                            f"{a.sw_exitinfo2:#x}, want a firmware status (seqno {a.seqno})"])
+    return _ok(name, f"{a.where}: firmware status {a.fw_status:#x}")
 
 
 def busy_resent_identical(t: Transcript) -> CheckResult:
@@ -383,26 +444,44 @@ def busy_resent_identical(t: Transcript) -> CheckResult:
     return _verdict(name, problems, f"{nbusy} BUSY answer(s) followed by identical resends")
 
 
+def _log_key(vcpu: int, vmpck: Any, seqno: Any, tag: Any, exit_code: Any, e1: Any,
+             e2: Any) -> tuple:
+    return (vcpu, vmpck, seqno, str(tag or ""), exit_code, e1, e2)
+
+
+def _message_log_of(t: Transcript) -> dict[tuple[int, int, int], Mapping[str, Any]]:
+    """Pair guest attempts with the firmware-log entry of the same VMGEXIT: same vCPU, message
+    (VMPCK, seqno, tag), exit code and SW_EXITINFO1/2, in order."""
+    pool: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for m in t.message_log:
+        pool[_log_key(int(m.get("vcpu", -1)), m.get("vmpck"), m.get("seqno"), m.get("tag"),
+                      m.get("exit_code"), m.get("sw_exit_info_1"),
+                      m.get("sw_exit_info_2"))].append(m)
+    out: dict[tuple[int, int, int], Mapping[str, Any]] = {}
+    for a in t.all_attempts():
+        keys = [_log_key(a.vcpu, a.vmpck, a.seqno, a.tag.hex(), a.exit_code, a.sw_exitinfo1,
+                         a.sw_exitinfo2),
+                _log_key(a.vcpu, a.vmpck, a.seqno, a.tag.hex(), a.exit_code, None, None)]
+        for k in keys:
+            if pool.get(k):
+                out[(a.vcpu, a.step, a.index)] = pool[k].pop(0)
+                break
+    return out
+
+
 def host_error_no_seqno(t: Transcript) -> CheckResult:
     """A host-side error (GHCB error, INVALID_LEN, BUSY, generic) never reaches the firmware, so
     it never consumes a sequence number: the firmware log shows no firmware call for it, and the
     next message under that seqno is not rejected by the firmware."""
     name = "host_error_no_seqno"
     problems = []
-    log_by_msg: dict[tuple[int, int, int, str], list[Mapping[str, Any]]] = defaultdict(list)
-    for m in t.message_log:
-        log_by_msg[(int(m.get("vcpu", -1)), int(m["vmpck"]), int(m["seqno"]),
-                    str(m.get("tag", "")))].append(m)
+    logged = _message_log_of(t)
     for v in range(t.nvcpus):
         attempts = [a for s in t.steps(v) for a in s.attempts]
         for idx, a in enumerate(attempts):
-            if a.ghcb_error:
-                continue  # KVM rejected the call before reading the message
-            # the log entry of this attempt: the first one for the same message not yet claimed
-            entries = log_by_msg.get((v, a.vmpck, a.seqno, a.tag.hex()), [])
-            m = entries.pop(0) if entries else None
             if not a.host_error:
                 continue
+            m = logged.get((a.vcpu, a.step, a.index))
             if m is not None and m.get("reached_firmware"):
                 problems.append(f"{a.where}: EXITINFO2={a.sw_exitinfo2:#x} returned to the guest "
                                 f"but the firmware processed seqno {a.seqno} "
@@ -502,7 +581,10 @@ def expect_success(t: Transcript, v: int, i: int) -> CheckResult:
         return _fail(name, [f"{a.where}: EXITINFO1={a.sw_exitinfo1:#x} EXITINFO2="
                             f"{a.sw_exitinfo2:#x}, want 0/0"])
     if s.decrypt_name != "OK":
-        return _fail(name, [f"{s.where}: response did not decrypt ({s.decrypt_name})"])
+        # a response under the wrong sequence number breaks seqno_advance (response = N + 1)
+        prop = "seqno_advance" if s.decrypt_name == "BAD_SEQNO" else "response_authentic"
+        return _fail(prop, [f"{s.where}: response did not decrypt ({s.decrypt_name}): response "
+                            f"seqno {s.resp_seqno} for request seqno {a.seqno}"])
     if s.rsp_status != 0:
         return _fail(name, [f"{s.where}: MSG_REPORT_RSP status {s.rsp_status:#x}"])
     return _ok(name, f"{s.where}: {len(s.attempts)} attempt(s)")
@@ -735,7 +817,8 @@ def measurement_matches(t: Transcript) -> CheckResult:
 
 INVARIANTS: tuple[Callable[[Transcript], CheckResult], ...] = (
     invalid_len_encoding, invalid_len_rbx, invalid_len_no_write, cert_exits_match_requests,
-    seqno_advance, no_iv_reuse, busy_resent_identical, host_error_no_seqno)
+    seqno_advance, no_iv_reuse, busy_resent_identical, host_error_no_seqno,
+    firmware_error_no_seqno)
 
 
 def invariants(t: Transcript, *, skip: Iterable[str] = ()) -> list[CheckResult]:
@@ -817,6 +900,8 @@ assert_seqno_advance = _asserting(seqno_advance)
 assert_no_iv_reuse = _asserting(no_iv_reuse)
 assert_busy_resent_identical = _asserting(busy_resent_identical)
 assert_host_error_no_seqno = _asserting(host_error_no_seqno)
+assert_firmware_error_no_seqno = _asserting(firmware_error_no_seqno)
+assert_firmware_rejected = _asserting(expect_firmware_rejected)
 assert_stub_no_vmm_errors = _asserting(stub_no_vmm_errors)
 assert_stub_empty_table = _asserting(stub_empty_table)
 assert_exit = _asserting(expect_exit)

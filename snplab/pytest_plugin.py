@@ -43,6 +43,9 @@ import pytest
 from snplab import checks, reporting
 from snplab.scenario import ABIS, PRODUCTS, Scenario
 
+# --platform ssh (lab hosts over SSH) lives in its own plugin.
+pytest_plugins = ["snplab.remote.pytest_remote"]
+
 # Environment variable equivalent of --fault (comma separated), for subprocess runs.
 FAULTS_ENV = "SNPLAB_FAULTS"
 RUN_ID_ENV = "SNPLAB_RUN_ID"
@@ -58,9 +61,9 @@ _REPORTED = pytest.StashKey[dict]()
 # Help strings say what the option does and its default, in one line each.
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("snplab", "snplab integration suite")
-    g.addoption("--platform", default="emulated",
-                help="where guests run: emulated (default; local /dev/kvm, SNP modelled) or snp "
-                     "(a real SNP host)")
+    g.addoption("--platform", default="emulated", choices=("emulated", "snp", "ssh"),
+                help="where guests run: emulated (default; local /dev/kvm, SNP modelled), snp "
+                     "(this SNP host) or ssh (lab hosts, see --inventory)")
     g.addoption("--abi", default="auto", choices=("auto",) + ABIS,
                 help="host ABI profile: auto (emulated: every profile a test applies to; snp: "
                      "detect) or one of stub, req-certs, vmgexit-v15")
@@ -91,12 +94,20 @@ MARKERS = (
 )
 
 
+def guest_platform(config: pytest.Config) -> str:
+    """emulated or snp: --platform, or --remote-platform when guests run over ssh."""
+    name = config.getoption("--platform")
+    return config.getoption("--remote-platform") if name == "ssh" else name
+
+
 class SuiteState:
     """Per-process state of the plugin (options resolved once; the report directory)."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.platform_name: str = config.getoption("--platform")
+        # What the guests really run on: with --platform ssh, the lab hosts' --remote-platform.
+        self.guest_platform: str = guest_platform(config)
         self.abi_opt: str = config.getoption("--abi")
         self.product_opt: str = config.getoption("--product")
         self.certs_blob: Path | None = config.getoption("--certs-blob")
@@ -130,7 +141,12 @@ class SuiteState:
             if self.abi_opt != "auto":
                 opts["abi"] = self.abi_opt
             try:
-                self.platform = get_platform(self.platform_name, **opts)
+                if self.platform_name == "ssh":
+                    from snplab.remote.pytest_remote import make_ssh_platform
+
+                    self.platform = make_ssh_platform(self.config)
+                else:
+                    self.platform = get_platform(self.platform_name, **opts)
             except PlatformUnavailable as e:
                 self.platform_error = str(e)
         if self.platform is None:
@@ -178,11 +194,13 @@ def state(config: pytest.Config) -> SuiteState:
 def pytest_configure(config: pytest.Config) -> None:
     for m in MARKERS:
         config.addinivalue_line("markers", m)
-    if config.getoption("--platform") == "snp" and (config.getoption("--fault")
-                                                    or os.environ.get(FAULTS_ENV)):
+    if guest_platform(config) != "emulated" and (config.getoption("--fault")
+                                                         or os.environ.get(FAULTS_ENV)):
         raise pytest.UsageError("--fault needs the emulated platform")
     st = SuiteState(config)
     config.stash[_STATE] = st
+    if not st.is_worker:
+        config.pluginmanager.register(_Tally(st), "snplab-tally")
     if st.paths is not None and not st.is_worker:
         st.paths.root.mkdir(parents=True, exist_ok=True)
         if not getattr(config.option, "xmlpath", None):
@@ -201,7 +219,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
              + (f" faults={','.join(st.faults)}" if st.faults else "")]
     if st.paths is not None:
         lines.append(f"snplab: reports in {st.paths.root}")
-    if st.platform_name == "emulated":
+    if st.guest_platform == "emulated":
         lines.append("snplab: emulated platform: SNP parts of KVM and the PSP are modelled "
                      "in Python; results are not hardware results")
     return lines
@@ -264,12 +282,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     st = state(item.config)
     checks.RECORDED.clear()
     item.stash[_RUNS] = []
-    plat = st.platform_name
+    plat = st.guest_platform
     if item.get_closest_marker("emulated_only") and plat != "emulated":
         pytest.skip(f"needs the emulated platform (fault injection / firmware log), not {plat}")
     if item.get_closest_marker("hw_only") and plat == "emulated":
         pytest.skip("needs a real SNP host (--platform snp)")
-    if item.get_closest_marker("kvm") or (plat == "emulated"
+    if item.get_closest_marker("kvm") or (st.platform_name == "emulated"
                                          and reporting.family_of(item.nodeid) is not None):
         why = _kvm_problem()
         if why:
@@ -359,15 +377,19 @@ def run_scenario(request: pytest.FixtureRequest) -> ScenarioRunner:
 @pytest.fixture
 def cert_blob(request: pytest.FixtureRequest, product: str, signer: str) -> bytes:
     """The certificate blob the host serves for this product and signing key."""
-    st = state(request.config)
-    return st.get_platform().cert_blob(product, signer)
+    p = state(request.config).get_platform()
+    if not hasattr(p, "cert_blob"):
+        pytest.skip(f"platform {getattr(p, 'name', p)} cannot tell its certificate blob")
+    return p.cert_blob(product, signer)
 
 
 @pytest.fixture
 def trust(request: pytest.FixtureRequest, product: str) -> Any:
     """Trust anchors: ``--trust-dir`` (AMD roots, pinned) or the platform's (emulated roots)."""
-    st = state(request.config)
-    return st.get_platform().trust(product)
+    p = state(request.config).get_platform()
+    if not hasattr(p, "trust"):
+        pytest.skip(f"platform {getattr(p, 'name', p)} has no trust anchors; pass --trust-dir")
+    return p.trust(product)
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,11 +425,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
 def _write_item_report(st: SuiteState, item: pytest.Item, rec: dict[str, Any],
                        failed_in_teardown: bool) -> None:
     assert st.paths is not None
-    runs = [{"scenario": sc.to_json(), "transcript": t.to_json()}
-            for sc, t in item.stash.get(_RUNS, [])]
     outcome = rec.get("outcome", "passed")
     if failed_in_teardown and outcome == "passed":
         outcome = "error"
+    full = outcome in ("failed", "error") or st.keep_artifacts
+    runs = [{"scenario": sc.to_json(),
+             "transcript": t.to_json() if full else reporting.compact_transcript(t.to_json())}
+            for sc, t in item.stash.get(_RUNS, [])]
     cs = getattr(item, "callspec", None)
     params = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
               for k, v in (cs.params.items() if cs else ())}
@@ -422,45 +446,38 @@ def _write_item_report(st: SuiteState, item: pytest.Item, rec: dict[str, Any],
         "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "run_id": st.run_id,
     }
     reporting.write_test_report(st.paths, record)
-    if runs and (outcome in ("failed", "error") or st.keep_artifacts):
+    if runs and full:
         reporting.dump_artifacts(st.paths, item.nodeid, runs)
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Tally outcomes per family (on the controller this sees every worker's reports)."""
-    st = _CURRENT.get("state")
-    if st is None or st.is_worker:
-        return
-    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        prop = dict(report.user_properties).get("snplab_failed_property") or None
-        st.tally.add(report.nodeid, report.outcome, report.duration, prop)
+class _Tally:
+    """Controller-side plugin object: tallies outcomes per family and prints the summary (on
+    the xdist controller it sees every worker's reports)."""
 
+    def __init__(self, st: SuiteState) -> None:
+        self.st = st
 
-_CURRENT: dict[str, SuiteState] = {}
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+            prop = dict(report.user_properties).get("snplab_failed_property") or None
+            self.st.tally.add(report.nodeid, report.outcome, report.duration, prop)
 
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    _CURRENT["state"] = state(session.config)
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    st = state(config)
-    if st.is_worker or not st.tally.counts:
-        return
-    terminalreporter.section("snplab summary")
-    for line in st.tally.lines(st.platform_name):
-        terminalreporter.write_line(line)
-    if st.paths is not None:
-        reporting.write_summary(st.paths, st.run_id, st.platform_name, st.tally,
-                                {"wall_s": round(time.monotonic() - st.started, 3),
-                                 "exitstatus": int(exitstatus), "faults": list(st.faults)})
-        terminalreporter.write_line(f"snplab reports: {st.paths.root}")
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int) -> None:
+        st = self.st
+        if not st.tally.counts:
+            return
+        terminalreporter.section("snplab summary")
+        for line in st.tally.lines(st.platform_name):
+            terminalreporter.write_line(line)
+        if st.paths is not None:
+            reporting.write_summary(st.paths, st.run_id, st.platform_name, st.tally,
+                                    {"wall_s": round(time.monotonic() - st.started, 3),
+                                     "exitstatus": int(exitstatus), "faults": list(st.faults)})
+            terminalreporter.write_line(f"snplab reports: {st.paths.root}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     st = config.stash.get(_STATE, None)
-    _CURRENT.pop("state", None)
     if st is not None and st.platform is not None:
         close = getattr(st.platform, "close", None)
         if callable(close):

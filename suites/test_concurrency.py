@@ -31,11 +31,13 @@ def verify_all(t, abi: str, cert_blob: bytes, trust) -> None:
 
 @pytest.mark.parametrize("nvcpus", [2, 4])
 def test_vcpus_with_own_vmpck(run_scenario, abi, product, cert_blob, trust, nvcpus):
-    """``nvcpus`` vCPUs, vCPU v using VMPCK v, two Linux-policy requests each, all at once."""
+    """``nvcpus`` vCPUs, vCPU v using VMPCK v (asking for a VMPL-v report), two Linux-policy
+    requests each, all at once."""
     need = pages_for(len(cert_blob))
-    scripts = [[Step.ext(need - 1 if abi != "stub" else need, policy="linux", vmpck=v,
+    # VMPCKn belongs to VMPLn: a report requested with it asks for VMPL n (MSG_REPORT_REQ.VMPL)
+    scripts = [[Step.ext(need - 1 if abi != "stub" else need, policy="linux", vmpck=v, vmpl=v,
                          report_data=rd(f"v{v}s0")),
-                Step.ext(need, policy="linux", vmpck=v, report_data=rd(f"v{v}s1"))]
+                Step.ext(need, policy="linux", vmpck=v, vmpl=v, report_data=rd(f"v{v}s1"))]
                for v in range(nvcpus)]
     t = run_scenario(Scenario.multi(abi, product, scripts))
     checks.assert_run_completed(t)
@@ -50,7 +52,8 @@ def test_two_guests_at_once(run_scenario, abi, product, cert_blob, trust):
     verify and carry that guest's REPORT_DATA."""
     need = pages_for(len(cert_blob))
     guests = [Scenario.multi(abi, product,
-                             [[Step.ext(need, policy="linux", vmpck=v, report_data=rd(f"g{g}v{v}"))]
+                             [[Step.ext(need, policy="linux", vmpck=v, vmpl=v,
+                                        report_data=rd(f"g{g}v{v}"))]
                               for v in range(2)], name=f"guest{g}")
               for g in range(2)]
     ts = run_scenario.many(guests)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from snplab import checks
+from snplab.abi.report import REPORTED_TCB_OFFSET
 from snplab.scenario import Scenario, Step, pages_for
 
 pytestmark = [pytest.mark.abi("req-certs", "vmgexit-v15"), pytest.mark.emulated_only]
@@ -30,7 +31,8 @@ def test_tcb_update_while_requesting(run_scenario, abi, product, cert_blob, trus
     """Two vCPUs keep requesting while the host updates the TCB ``updates`` times: each report
     verifies with the VCEK in its own table (REPORTED_TCB = the VCEK's TCB)."""
     need = pages_for(len(cert_blob))
-    script = [Step.ext(need, policy="linux", max_busy_retries=6, vmpck=v) for v in range(2)]
+    script = [Step.ext(need, policy="linux", max_busy_retries=6, vmpck=v, vmpl=v)
+              for v in range(2)]
     scripts = [[script[v]] * 4 for v in range(2)]
     t = run_scenario(Scenario.multi(abi, product, scripts, tcb_updates=updates))
     checks.assert_run_completed(t)
@@ -38,3 +40,6 @@ def test_tcb_update_while_requesting(run_scenario, abi, product, cert_blob, trus
     n = consistent(t, trust)
     assert n >= 1, f"no request completed: {t.summary()}"
     assert len(t.served_blobs()) == updates + 1, "the certificate file was not replaced"
+    tcbs = {t.report(v, s.index)[REPORTED_TCB_OFFSET:REPORTED_TCB_OFFSET + 8]
+            for v in range(t.nvcpus) for s in t.steps(v) if s.has_report}
+    assert len(tcbs) >= 2, "every report has the same TCB: the update did not race the requests"

@@ -306,3 +306,49 @@ def test_report_against_other_roots_fails_chain():
     other = at.trust_store(at.make_roots("milan", tag="other-"))
     r = checks.report_verifies(t, 0, 0, other)
     assert r.ok is False and r.name == "vek_chain"
+
+
+def replay_run(*, third_fw: int = 0) -> Transcript:
+    """Step 0 completes (seq 1); step 1 replays seq 1 (rejected); step 2 uses seq 3."""
+    sc = scenario(Step.ext(NEED), Step.ext(NEED, seqno=1), Step.ext(NEED))
+    s0 = step([attempt(1, 0, rbx_in=NEED)], certs=(0, len(BLOB)))
+    s1 = step([attempt(1, 0x16, rbx_in=NEED)], outcome=5)
+    s2 = step([attempt(3, third_fw, rbx_in=NEED, msg="m3")], certs=(0, len(BLOB)),
+              outcome=1 if third_fw == 0 else 5)
+    return transcript(sc, [vcpu([s0, s1, s2], seqno_next=[5 if third_fw == 0 else 3, 1, 1, 1],
+                                cert_store=BLOB)],
+                      events=[cert_exit(NEED, 0, 0)] * 3, blob=BLOB)
+
+
+def test_replay_rejected_and_counter_kept():
+    t = replay_run()
+    checks.assert_firmware_rejected(t, 0, 1)
+    assert not checks.expect_firmware_rejected(t, 0, 0)
+    checks.assert_invariants(t)
+
+
+def test_rejection_that_consumed_the_counter_is_named():
+    t = replay_run(third_fw=0x16)
+    r = checks.firmware_error_no_seqno(t)
+    assert r.ok is False and "seqno 3" in r.detail
+    assert names_failing(checks.invariants(t)) == {"firmware_error_no_seqno"}
+
+
+def test_response_seqno_checked_even_when_decrypt_fails():
+    t = linux_retry_run()
+    res = {**t.results}
+    vc = dict(res["vcpu"][0])
+    vc["steps"] = [dict(vc["steps"][0], resp_seqno=3, decrypt=3)]  # BAD_SEQNO: response kept N
+    res["vcpu"] = [vc]
+    t2 = Transcript(**{**t.__dict__, "results": res})
+    r = checks.seqno_advance(t2)
+    assert r.ok is False and "response seqno 3, want 4" in r.detail
+
+
+def test_run_failed_with_any_status():
+    t = linux_retry_run()
+    t2 = Transcript(**{**t.__dict__, "status": "error",
+                       "error": "GuestSetupError: ENABLE_REQ_CERTS: Invalid argument (EINVAL)"})
+    assert checks.run_failed_with(t2, None, "EINVAL", name="x").name == "x"
+    assert checks.run_failed_with(t2, None, "EINVAL")
+    assert not checks.run_failed_with(t, None, "EINVAL")

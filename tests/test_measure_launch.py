@@ -196,6 +196,18 @@ def test_predict_from_dict_and_list_forms():
         assert m.predict_from_transcript(transcript) == expected
 
 
+def test_vcpus_from_top_level_vcpu_init():
+    """Guest.to_json() form: launch_log is a list of updates, vCPU states in vcpu_init."""
+    entries, raw = our_launch(1)
+    v = long_mode_vcpu(0)
+    vmm_style = [{"gpa": e["gpa"], "npages": e["len"] // 4096, "type": e["page_type"],
+                  **({"sha384": e["sha384"]} if "sha384" in e else {})} for e in entries]
+    got = m.predict_from_transcript({"launch_log": vmm_style, "vcpu_init": [{"index": 0, **vcpu_json(v)}]})
+    assert got == direct_digest(raw, [v])
+    with pytest.raises(m.MeasureError, match="no vCPU"):
+        m.predict_from_transcript({"launch_log": vmm_style})
+
+
 def test_data_hex_form_equals_sha_form():
     entries, raw = our_launch(1)
     with_data = [{"gpa": g, "page_type": k, "data": d.hex()} for g, k, d in raw]

@@ -110,15 +110,23 @@ def test_no_free_slot_is_an_error(sshd, tmp_path):
 
 CONTROLLER = """
 import sys
-from pathlib import Path
+from snplab.platform import default_payload_path
 from snplab.remote.inventory import Inventory
 from snplab.remote.platform import SshPlatform
 from snplab.scenario import Scenario, Step
-p = SshPlatform(Inventory.load(sys.argv[1]).hosts, lease_timeout=300)
+p = SshPlatform(Inventory.load(sys.argv[1]).hosts, payload=default_payload_path(), lease_timeout=300)
 print("ready", flush=True)
-p.run(Scenario.single("req-certs", "milan", Step.ext(1), guest_timeout=float(sys.argv[2])))
+# 4 vCPUs x 16 extended requests: a guest run of several seconds on the emulated platform
+p.run(Scenario.multi("req-certs", "milan", [[Step.ext(8)] * 16] * 4, guest_timeout=120))
 print("finished", flush=True)
 """
+
+
+def threads_of(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
 
 
 def wait_for(predicate, timeout: float) -> bool:
@@ -130,9 +138,9 @@ def wait_for(predicate, timeout: float) -> bool:
     return False
 
 
-def test_killed_controller_leaves_no_remote_job(sshd, tmp_path):
-    """SIGKILL the controller while its remote job runs (here: waiting for a slot the test
-    holds): within seconds no process of that job is left on the host."""
+def test_killed_controller_leaves_no_waiting_job(sshd, tmp_path):
+    """SIGKILL the controller while its remote job waits for a slot (held by the test):
+    within seconds no process of that job is left on the host."""
     work = tmp_path / "work"
     (tmp_path / "hosts.toml").write_text(inventory_toml([sshd], work, capacity=1))
     lease = host_slots.try_acquire(work / sshd.name / "slots", 1, "the test")
@@ -149,6 +157,41 @@ def test_killed_controller_leaves_no_remote_job(sshd, tmp_path):
         assert wait_for(lambda: snplab_processes(str(work)) == [], 15), snplab_processes(str(work))
     finally:
         lease.release()
+        if ctl.poll() is None:
+            ctl.kill()
+            ctl.wait()
+
+
+@pytest.mark.kvm
+def test_killed_controller_mid_guest_leaves_nothing(sshd, tmp_path):
+    """SIGKILL the controller while its guest runs on the host (vCPU threads in KVM_RUN): the
+    job and its VM are gone within seconds, and its slot is free again."""
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR))
+    except OSError as e:
+        pytest.skip(f"/dev/kvm unusable: {e.strerror}")
+    work = tmp_path / "work"
+    (tmp_path / "hosts.toml").write_text(inventory_toml([sshd], work, capacity=1))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    ctl = subprocess.Popen([sys.executable, "-c", CONTROLLER, str(tmp_path / "hosts.toml")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    slots = work / sshd.name / "slots"
+    try:
+        assert ctl.stdout.readline().strip() == "ready"
+
+        def guest_running() -> bool:
+            jobs = [pid for pid, c in snplab_processes(str(work)) if "snplab.vmm.job" in c and "--probe" not in c]
+            # main + stdin watcher + watchdog, plus one thread per vCPU once the guest runs
+            return bool(jobs) and threads_of(jobs[0]) >= 3 + 4
+
+        assert wait_for(guest_running, 90), \
+            ctl.stderr.read() if ctl.poll() is not None else "guest never started"
+        assert host_slots.holders(slots, 1) == [0]
+        os.kill(ctl.pid, signal.SIGKILL)
+        ctl.wait()
+        assert wait_for(lambda: snplab_processes(str(work)) == [], 15), snplab_processes(str(work))
+        assert host_slots.holders(slots, 1) == []
+    finally:
         if ctl.poll() is None:
             ctl.kill()
             ctl.wait()

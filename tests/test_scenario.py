@@ -35,6 +35,7 @@ def test_step_rejects(bad):
 
 @pytest.mark.parametrize("bad", [
     dict(abi="6.11"), dict(product="rome"), dict(signer="vek"), dict(cert_answers=("EBUSY",)),
+    dict(cert_answers=("ret:-5",)),
     dict(host_data=bytes(31)), dict(report_version=4), dict(guest_timeout=0), dict(steps=())])
 def test_scenario_rejects(bad):
     kw = dict(name="x", steps=((Step.ext(1),),))
@@ -45,7 +46,7 @@ def test_scenario_rejects(bad):
 
 def test_cert_answer_grammar():
     ok = Scenario(name="x", steps=((Step(),),),
-                  cert_answers=("auto", "ENOSPC", "EAGAIN", "EIO", "ret:7", "ret:-5",
+                  cert_answers=("auto", "ENOSPC", "EAGAIN", "EIO", "ret:7", "ret:18446744073709551611",
                                 "enospc-npages:9"))
     assert ok.cert_answers[-1] == "enospc-npages:9"
 

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * fake_hv.c - test-only stand-in for KVM + PSP behind hv_guest_request()
- * (see harness.h).  Prints one line per certificate exit ("certexit") and
- * per firmware call ("fw") so the tests see what the "host" saw.
+ * (see harness.h).  Prints one line per request seen at a VMGEXIT ("msg",
+ * the message log), per certificate exit ("certexit") and per firmware
+ * call ("fw"), so the tests see what the "host" saw.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,8 +145,6 @@ static uint64_t fake_fw(uint64_t exit_code, uint64_t req_gpa, uint64_t resp_gpa)
 	len = (uint16_t)(req[MSG_OFF_MSG_SZ] | req[MSG_OFF_MSG_SZ + 1] << 8);
 	printf("fw exit=0x%llx vmpck=%u seqno=0x%llx type=%u", (unsigned long long)exit_code, vmpck,
 	       (unsigned long long)seqno, type);
-	print_hex("tag", req, 16);
-	print_hex("ct", req + MSG_HDR_SIZE, len <= MSG_MAX_PAYLOAD ? len : 0);
 	if (vmpck > 3 || len > MSG_MAX_PAYLOAD || req[MSG_OFF_ALGO] != 1 ||
 	    seqno != g_expected[vmpck]) {
 		printf(" status=0x16\n");
@@ -183,7 +182,7 @@ static uint64_t fake_fw(uint64_t exit_code, uint64_t req_gpa, uint64_t resp_gpa)
 		resp[MSG_OFF_HDR_VERSION] = 2;
 	else if (!strcmp(mode, "bigsize"))
 		resp[MSG_OFF_MSG_SZ] = 0xff, resp[MSG_OFF_MSG_SZ + 1] = 0xff;
-	printf(" status=0x0 resp=%s\n", mode);
+	printf(" status=0x0 tamper=%s\n", mode);
 	out = host_view(resp_gpa, 4096);
 	if (out)
 		memcpy(out, resp, sizeof(resp));
@@ -200,6 +199,18 @@ void hv_guest_request(struct vcpu_ctx *vc, uint64_t exit_code, uint64_t req_gpa,
 	out->info1 = 0;
 	out->info2 = 0;
 	out->rbx = rbx;
+	if (req) {	/* the message log: every request KVM sees at a VMGEXIT */
+		const uint8_t *m = req + (req_gpa & 0xfff);
+		uint16_t len = (uint16_t)(m[MSG_OFF_MSG_SZ] | m[MSG_OFF_MSG_SZ + 1] << 8);
+
+		if ((req_gpa & 0xfff) + MSG_HDR_SIZE + (uint64_t)len > 4096)
+			len = 0;
+		printf("msg exit=0x%llx vmpck=%u seqno=0x%llx type=%u", (unsigned long long)exit_code,
+		       m[MSG_OFF_VMPCK], (unsigned long long)rd_le64(m + MSG_OFF_SEQNO), m[MSG_OFF_TYPE]);
+		print_hex("tag", m, 16);
+		print_hex("ct", m + MSG_HDR_SIZE, len);
+		printf("\n");
+	}
 	if ((req_gpa | resp_gpa) & 0xfff || req_gpa == resp_gpa) {
 		out->info1 = 2;
 		out->info2 = 5;		/* GHCB_ERR_INVALID_INPUT (newest KVM) */

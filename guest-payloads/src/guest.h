@@ -44,6 +44,8 @@ struct vcpu_ctx {
 	uint8_t in_exception;
 	uint8_t platform_known;			/* params checked: platform ops usable */
 	uint32_t cert_store_used;		/* private copy of res->cert_store_used */
+	uint32_t last_store_off;		/* the last complete copy in cert_store */
+	uint32_t last_store_len;		/* ... and its length (0 = none) */
 	uint64_t hv_features;
 	uint8_t key_ready[SNPLAB_NR_VMPCK];
 	struct gcm_key keys[SNPLAB_NR_VMPCK];

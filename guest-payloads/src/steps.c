@@ -225,25 +225,57 @@ static uint32_t take_response(struct vcpu_ctx *vc, const struct snplab_step *st,
 	return SNPLAB_OUT_OK;
 }
 
-/* After a successful extended request: keep the bytes the host wrote. */
+static int same_bytes(const uint8_t *a, const uint8_t *b, uint64_t n)
+{
+	uint64_t i, x, y;
+
+	for (i = 0; i + 8 <= n; i += 8) {
+		__builtin_memcpy(&x, a + i, 8);
+		__builtin_memcpy(&y, b + i, 8);
+		if (x != y)
+			return 0;
+	}
+	for (; i < n; i++)
+		if (a[i] != b[i])
+			return 0;
+	return 1;
+}
+
+/* After a successful extended request: keep the bytes the host wrote.  A
+ * blob identical to the previous complete copy is not stored twice (scripts
+ * repeat the same chain); certs_store_off then points at that copy. */
 static void keep_certs(struct vcpu_ctx *vc, const struct step_plan *pl, uint64_t npages,
 		       struct snplab_step_result *sr)
 {
 	const struct snplab_vcpu_params *vp = vc->vp;
+	uint8_t *store = vc->res->cert_store;
+	const uint8_t *buf;
 	struct certs_extent ext;
 	uint64_t limit;
 	uint32_t used = vc->cert_store_used, room, n;
 
 	if (!pl->certs_ours)
-		return;
+		return;		/* not ours to read: the guest never touches it */
+	buf = gpa_ptr(pl->certs_gpa);
 	limit = certs_readable_len(pl->certs_gpa, npages, vp->certs_gpa, vp->certs_max_pages);
-	certs_table_extent(gpa_ptr(pl->certs_gpa), limit, &ext);
+	certs_table_extent(buf, limit, &ext);
+	if (ext.len && ext.len == vc->last_store_len &&
+	    same_bytes(store + vc->last_store_off, buf, ext.len)) {
+		sr->certs_len = vc->last_store_len;
+		sr->certs_store_off = vc->last_store_off;
+		sr->certs_truncated = ext.truncated;
+		return;
+	}
 	room = SNPLAB_CERT_STORE_SIZE - used;
 	n = ext.len < room ? (uint32_t)ext.len : room;
-	memcpy(vc->res->cert_store + used, gpa_ptr(pl->certs_gpa), n);
+	memcpy(store + used, buf, n);
 	sr->certs_len = n;
 	sr->certs_store_off = used;
 	sr->certs_truncated = ext.truncated || n < ext.len;
+	if (n && n == ext.len) {
+		vc->last_store_off = used;
+		vc->last_store_len = n;
+	}
 	vc->cert_store_used = used + n;
 	vc->res->cert_store_used = vc->cert_store_used;
 }

@@ -220,7 +220,7 @@ class PscHdr:
     reserved: int = 0
 
     @classmethod
-    def unpack(cls, buf: bytes | bytearray | memoryview) -> "PscHdr":
+    def unpack(cls, buf: bytes | bytearray | memoryview) -> PscHdr:
         return cls(*_PSC_HDR.unpack(bytes(buf[:PSC_HDR_SIZE])))
 
     def pack(self) -> bytes:
@@ -238,7 +238,7 @@ class PscEntry:
     reserved: int = 0
 
     @classmethod
-    def from_u64(cls, v: int) -> "PscEntry":
+    def from_u64(cls, v: int) -> PscEntry:
         return cls(cur_page=v & 0xFFF, gfn=(v >> 12) & ((1 << 40) - 1), operation=(v >> 52) & 0xF,
                    pagesize=(v >> 56) & 1, reserved=v >> 57)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 PAGE_SIZE = 4096
@@ -588,10 +588,14 @@ def launch_log_from_json(raw: Any) -> LaunchLog:
 
 
 def predict_from_transcript(transcript: Mapping[str, Any], host: KvmHost = KVM_HOST) -> bytes:
-    """MEASUREMENT predicted from a transcript's ``launch_log``."""
+    """MEASUREMENT predicted from a transcript's ``launch_log`` (vCPU states inside it, or in a
+    top-level ``vcpu_init`` list as ``Guest.to_json()`` writes them)."""
     if "launch_log" not in transcript:
         raise MeasureError("transcript has no launch_log")
-    return predict_measurement(launch_log_from_json(transcript["launch_log"]), host)
+    log = launch_log_from_json(transcript["launch_log"])
+    if not log.vcpus and transcript.get("vcpu_init"):
+        log = replace(log, vcpus=tuple(vcpu_from_json(v) for v in transcript["vcpu_init"]))
+    return predict_measurement(log, host)
 
 
 __all__ = [

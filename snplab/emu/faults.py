@@ -7,8 +7,8 @@ are refused so that a typo cannot silently run the fault-free platform.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
 class FaultSet(frozenset):
     """An immutable set of fault names, checked against the registry."""
 
-    def __new__(cls, names: Iterable[str] = ()) -> "FaultSet":
+    def __new__(cls, names: Iterable[str] = ()) -> FaultSet:
         names = tuple(names)
         unknown = [n for n in names if n not in FAULTS]
         if unknown:

@@ -28,7 +28,8 @@ holds as private reads as zeros and swallows writes. A request page left private
 the firmware as a zero page — algo 0 — and the guest gets EXITINFO1 = 0, EXITINFO2 = 0x16
 (INVALID_PARAM) with its sequence number not consumed; certificates the VMM writes into a private
 buffer are undone after its handler returns (they went to the shared backing, which the guest
-cannot see). ``message_log`` records every guest message KVM saw at a VMGEXIT (docs/contract.md §5).
+cannot see). ``message_log`` records every guest request/extended request VMGEXIT on a registered GHCB
+with the request page as the host sees it, also when KVM rejects the call (docs/contract.md §5).
 
 Not emulated (answered as documented): GHCB CPUID/IOIO/MSR NAE events and AP creation get
 INVALID_EVENT; the MSR-protocol CPUID request is answered only when a ``cpuid`` callback is given;
@@ -42,8 +43,9 @@ import hashlib
 import struct
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from snplab.abi import ghcb as G
 from snplab.abi import guest_msg as gm
@@ -51,8 +53,17 @@ from snplab.emu.faults import FaultSet
 from snplab.emu.psp import EmulatedPsp
 from snplab.emu.rmp import PAGE_SIZE, HostView, Memory, Rmp
 from snplab.vmm.errors import IoctlError
-from snplab.vmm.events import (CertsAnswer, Doorbell, KvmRunError, MapGpaRange, MsrRead, MsrWrite, ReqCerts,
-                               SevTerm, VmgexitReqCerts)
+from snplab.vmm.events import (
+    CertsAnswer,
+    Doorbell,
+    KvmRunError,
+    MapGpaRange,
+    MsrRead,
+    MsrWrite,
+    ReqCerts,
+    SevTerm,
+    VmgexitReqCerts,
+)
 from snplab.vmm.memory import GpaOutOfRange
 
 PROFILES = ("stub", "req-certs", "vmgexit-v15")
@@ -98,7 +109,7 @@ class VcpuSnpState:
 class _Ghcb:
     """A copy of the GHCB page; KVM's changes are tracked and written back at unmap."""
 
-    __slots__ = ("raw", "dirty")
+    __slots__ = ("dirty", "raw")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = bytearray(raw)
@@ -275,12 +286,20 @@ class EmulatedKvm:
         usage = int.from_bytes(ghcb.raw[G.GHCB_USAGE_OFFSET:G.GHCB_USAGE_OFFSET + 4], "little")
         ghcb.set_bitmap(0)
         self.stats[f"nae-{exit_code:#x}"] += 1
+        rec = (self._record(vcpu.index, exit_code, info1)
+               if exit_code in (G.SVM_VMGEXIT_GUEST_REQUEST, G.SVM_VMGEXIT_EXT_GUEST_REQUEST) else None)
         try:
             self._validate(exit_code, info1, info2, usage, bitmap, ghcb)
             ghcb.set_exit_info(0, 0)
-            self._handle(vcpu, st, ghcb, gpa, exit_code, info1, info2, scratch, bitmap)
+            self._handle(vcpu, st, ghcb, gpa, exit_code, info1, info2, scratch, bitmap, rec)
         except _Bad as bad:
             ghcb.set_exit_info(G.GHCB_HV_RESP_MALFORMED_INPUT, bad.reason)
+        finally:
+            if rec is not None:
+                rec.sw_exit_info_1 = ghcb.u64(G.GHCB_SW_EXIT_INFO_1_OFFSET)
+                rec.sw_exit_info_2 = ghcb.u64(G.GHCB_SW_EXIT_INFO_2_OFFSET)
+                with self._vm_lock:
+                    self.message_log.append(rec)
         self._unmap(st, ghcb, gpa)
 
     def _unmap(self, st: VcpuSnpState, ghcb: _Ghcb, gpa: int) -> None:
@@ -288,7 +307,7 @@ class EmulatedKvm:
         touched bytes of the page go back to guest memory."""
         for r in _REGS:
             ghcb.set_field(_REG_OFF[r], st.regs[r])
-        for off, length in ghcb.dirty:
+        for off, length in dict(ghcb.dirty).items():  # each touched range once
             self.host.write(gpa + off, ghcb.raw[off:off + length])
 
     def _validate(self, exit_code: int, info1: int, info2: int, usage: int, bitmap: int, ghcb: _Ghcb) -> None:
@@ -311,21 +330,15 @@ class EmulatedKvm:
             raise _Bad(G.GHCB_ERR_INVALID_EVENT)
 
     def _handle(self, vcpu: Any, st: VcpuSnpState, ghcb: _Ghcb, gpa: int, exit_code: int, info1: int,
-                info2: int, scratch: int, bitmap: int) -> None:
+                info2: int, scratch: int, bitmap: int, rec: GuestMessageRecord | None) -> None:
         if exit_code == G.SVM_VMGEXIT_PSC:
             self._psc_nae(vcpu, ghcb, gpa, scratch, info2)
-        elif exit_code in (G.SVM_VMGEXIT_GUEST_REQUEST, G.SVM_VMGEXIT_EXT_GUEST_REQUEST):
-            rec = self._record(vcpu.index, exit_code, info1)
-            try:
-                if exit_code == G.SVM_VMGEXIT_GUEST_REQUEST:
-                    self._guest_request(ghcb, info1, info2, rec)
-                else:
-                    self._ext_guest_request(vcpu, st, ghcb, info1, info2, bitmap, rec)
-            finally:
-                rec.sw_exit_info_1 = ghcb.u64(G.GHCB_SW_EXIT_INFO_1_OFFSET)
-                rec.sw_exit_info_2 = ghcb.u64(G.GHCB_SW_EXIT_INFO_2_OFFSET)
-                with self._vm_lock:
-                    self.message_log.append(rec)
+        elif exit_code == G.SVM_VMGEXIT_GUEST_REQUEST:
+            assert rec is not None
+            self._guest_request(ghcb, info1, info2, rec)
+        elif exit_code == G.SVM_VMGEXIT_EXT_GUEST_REQUEST:
+            assert rec is not None
+            self._ext_guest_request(vcpu, st, ghcb, info1, info2, bitmap, rec)
         elif exit_code == G.SVM_VMGEXIT_HV_FEATURES:
             ghcb.set_exit_info(0, G.GHCB_HV_FT_SUPPORTED)
         elif exit_code == G.SVM_VMGEXIT_TERM_REQUEST:

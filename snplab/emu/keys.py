@@ -34,9 +34,9 @@ import tempfile
 import threading
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -108,7 +108,7 @@ def product_info(product: str) -> ProductInfo:
 
 def default_tcb(product: str) -> TcbVersion:
     info = product_info(product)
-    return TcbVersion(layout=info.tcb_layout, **dict(info.default_tcb))
+    return TcbVersion(info.tcb_layout, **dict(info.default_tcb))  # type: ignore[arg-type]
 
 
 def default_chip_id(product: str) -> bytes:
@@ -261,7 +261,7 @@ _KU_FALSE = dict(digital_signature=False, content_commitment=False, key_encipher
 
 
 def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0)
 
 
 def _validity(years: int, now: _dt.datetime) -> tuple[_dt.datetime, _dt.datetime]:
@@ -397,7 +397,7 @@ class IssuedKey:
                 "cert": self.pem.decode()}
 
     @classmethod
-    def from_json(cls, d: dict[str, str]) -> "IssuedKey":
+    def from_json(cls, d: dict[str, str]) -> IssuedKey:
         key = serialization.load_pem_private_key(d["key"].encode(), password=None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)

@@ -31,8 +31,9 @@ import hashlib
 import hmac
 import os
 import struct
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -41,16 +42,31 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from snplab.abi import guest_msg as gm
-from snplab.abi.policy import (POLICY_MBZ_MASK, POLICY_RESERVED_MBO, POLICY_SMT, PLATFORM_INFO_SMT_EN)
-from snplab.abi.report import (REPORT_SIZE, SIGNING_KEY_VCEK, SIGNING_KEY_VLEK,
-                               SIGNER_INFO_SIGNING_KEY_SHIFT, AttestationReport)
-from snplab.abi.sev_status import SevStatus
+from snplab.abi.policy import (
+    PLATFORM_INFO_SMT_EN,
+    POLICY_MBZ_MASK,
+    POLICY_RESERVED_MBO,
+    POLICY_SMT,
+)
+from snplab.abi.report import (
+    REPORT_SIZE,
+    SIGNER_INFO_SIGNING_KEY_SHIFT,
+    SIGNING_KEY_VCEK,
+    SIGNING_KEY_VLEK,
+    AttestationReport,
+)
+from snplab.abi.sev_status import SevStatus, status_name
 from snplab.abi.tcb import TcbVersion
 from snplab.emu.faults import FaultSet
 from snplab.emu.keys import IssuedKey, normalize_chip_id, product_info
-from snplab.emu.launch_digest import (SNP_PAGE_TYPE_CPUID, SNP_PAGE_TYPE_NORMAL, SNP_PAGE_TYPE_SECRETS,
-                                      SNP_PAGE_TYPE_UNMEASURED, SNP_PAGE_TYPE_VMSA, SNP_PAGE_TYPE_ZERO,
-                                      INITIAL_VMSA_GPA, LaunchDigest)
+from snplab.emu.launch_digest import (
+    INITIAL_VMSA_GPA,
+    SNP_PAGE_TYPE_NORMAL,
+    SNP_PAGE_TYPE_SECRETS,
+    SNP_PAGE_TYPE_VMSA,
+    SNP_PAGE_TYPE_ZERO,
+    LaunchDigest,
+)
 from snplab.emu.rmp import Memory, Rmp
 from snplab.emu.vmsa import SVM_SEV_FEAT_SNP_ACTIVE, build_vmsa_for
 
@@ -85,8 +101,7 @@ class PspError(RuntimeError):
 
     def __init__(self, status: int, detail: str) -> None:
         self.status = status
-        super().__init__(f"{SevStatus(status).name}: {detail}" if status in iter(SevStatus)
-                         else f"status {status:#x}: {detail}")
+        super().__init__(f"{status_name(status)}: {detail}")
 
 
 @dataclass(frozen=True)
@@ -276,7 +291,9 @@ class EmulatedPsp:
             plaintext = self._aead[vmpck].decrypt(gm.aead_iv(hdr.msg_seqno), ct + hdr.tag, hdr.aad())
         except InvalidTag:
             return self._reject(vmpck)
-        handler = {gm.MsgType.REPORT_REQ: self._report_req, gm.MsgType.KEY_REQ: self._key_req}.get(hdr.msg_type)
+        handlers: dict[int, Callable[[gm.MsgHeader, bytes], bytes | None]] = {
+            gm.MsgType.REPORT_REQ: self._report_req, gm.MsgType.KEY_REQ: self._key_req}
+        handler = handlers.get(hdr.msg_type)
         if handler is None:
             return self._reject(vmpck)
         payload = handler(hdr, plaintext)
@@ -338,7 +355,9 @@ class EmulatedPsp:
 
     def sign_report(self, report: AttestationReport, key: IssuedKey) -> AttestationReport:
         """ECDSA P-384 / SHA-384 over bytes [0, 0x2A0); R and S stored little-endian."""
-        der = key.key.sign(report.signed_bytes(), ec.ECDSA(hashes.SHA384()))  # type: ignore[union-attr]
+        if not isinstance(key.key, ec.EllipticCurvePrivateKey):
+            raise TypeError("a report is signed with an ECDSA P-384 key (VCEK/VLEK)")
+        der = key.key.sign(report.signed_bytes(), ec.ECDSA(hashes.SHA384()))
         r, s = decode_dss_signature(der)
         signed = report.with_signature(r, s)
         self.reports_signed += 1

@@ -18,7 +18,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from snplab.abi.ghcb import PVALIDATE_FAIL_INPUT, PVALIDATE_FAIL_SIZEMISMATCH, PVALIDATE_SUCCESS
+from snplab.abi.ghcb import (
+    PVALIDATE_FAIL_INPUT,
+    PVALIDATE_FAIL_SIZEMISMATCH,
+    PVALIDATE_SUCCESS,
+)
+from snplab.vmm.memory import GpaOutOfRange
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -153,8 +158,8 @@ class HostView:
         for page in self.rmp.private_pages(gpa, length):
             try:
                 out.append((page, bytes(self.memory.view(page, PAGE_SIZE))))
-            except Exception:  # a page outside a memslot: nothing to protect
-                continue
+            except GpaOutOfRange:  # a page outside a memslot: nothing to protect
+                pass
         return out
 
     def restore(self, snapshot: list[tuple[int, bytes]]) -> int:

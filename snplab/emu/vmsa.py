@@ -21,7 +21,8 @@ FPU reset state: MXCSR 0x1F80, FCW 0x37F, everything else zero.
 from __future__ import annotations
 
 import struct
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 PAGE_SIZE = 4096
 
@@ -71,7 +72,7 @@ def _field(obj: Any, name: str, default: Any = 0) -> Any:
 
 def svm_segment_attrib(seg: Any) -> int:
     """kvm_segment flags → VMCB attribute (svm_set_segment)."""
-    f = lambda n: int(_field(seg, n, 0))  # noqa: E731
+    f = lambda n: int(_field(seg, n, 0))
     present = f("present") & 1 and not f("unusable")
     return ((f("type") & 0xF) | (f("s") & 1) << 4 | (f("dpl") & 3) << 5 | int(bool(present)) << 7
             | (f("avl") & 1) << 8 | (f("l") & 1) << 9 | (f("db") & 1) << 10 | (f("g") & 1) << 11)

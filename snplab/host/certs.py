@@ -9,7 +9,12 @@ fingerprint, validity, and that the VEK was issued for the host's reported TCB a
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import os
+import struct
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -237,3 +242,41 @@ def check_blob(
     return BlobSummary(signer=cs.signer, product=product, tcb=tcb, hw_id=ext.hw_id, entries=entries,
                        size=table.used_length, chain_checked=cs.ask is not None and cs.ark is not None,
                        problems=tuple(problems))
+
+
+# ---- installing a blob that running guests may be reading ----------------------------------------
+
+# fcntl.h open-file-description locks; struct flock on x86-64 (the VMM's responder uses the same).
+F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+_FLOCK = struct.Struct("hhxxxxqqixxxx")
+
+
+def install_blob(path: str | Path, blob: bytes, timeout: float = 10.0) -> None:
+    """Write ``blob`` to ``path`` in place under an exclusive OFD lock.
+
+    The certificate-blob convention (amd-memory-encryption.rst; kvm-host-abi.md §1(d)): a VMM
+    holds a shared lock on the blob from a certificate exit until the request reached firmware,
+    an updater holds the exclusive lock while it changes the blob. Rewriting the same inode (not
+    renaming a new file over it) keeps every VMM and updater on one lock. A VMM that finds the
+    lock taken answers EAGAIN, so guests see BUSY and retry.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.fcntl(fd, F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        os.ftruncate(fd, 0)
+        view = memoryview(blob)
+        while view:
+            view = view[os.pwrite(fd, view, len(blob) - len(view)):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # closing the description drops its lock

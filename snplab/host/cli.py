@@ -69,6 +69,12 @@ def _write(path: str, data: bytes) -> None:
     os.replace(tmp, p)
 
 
+def _install(path: str, blob: bytes) -> None:
+    from snplab.host.certs import install_blob
+
+    install_blob(path, blob)
+
+
 def cmd_certs_build(args: argparse.Namespace) -> int:
     from snplab.host import certs
 
@@ -76,7 +82,7 @@ def cmd_certs_build(args: argparse.Namespace) -> int:
         cs = certs.load_dir(args.dir)
         blob = certs.build_blob(cs)
         summary = certs.check_blob(blob)
-        _write(args.output, blob)
+        _install(args.output, blob)
     except certs.BlobError as e:
         _err(str(e))
         return EXIT_INPUT
@@ -227,7 +233,7 @@ def cmd_certs_fetch(args: argparse.Namespace) -> int:
             for name, data in files.items():
                 _write(str(Path(args.dir) / name), data)
         if blob is not None and args.output:
-            _write(args.output, blob)
+            _install(args.output, blob)
     except kds.KdsError as e:
         _err(str(e))
         return EXIT_INPUT

@@ -1,6 +1,7 @@
 """The /dev/sev platform-management ioctl (ccp driver): SNP platform status and the chip ID.
 
-Source: Linux include/uapi/linux/psp-sev.h (all structs ``__packed``)::
+Source: Linux include/uapi/linux/psp-sev.h, read in the public-source index (copy with the 2025
+ciphertext-hiding bits; search id 64760511); all structs ``__packed``::
 
     enum { SEV_FACTORY_RESET = 0, SEV_PLATFORM_STATUS, SEV_PEK_GEN, SEV_PEK_CSR, SEV_PDH_GEN,
            SEV_PDH_CERT_EXPORT, SEV_PEK_CERT_IMPORT, SEV_GET_ID, SEV_GET_ID2,

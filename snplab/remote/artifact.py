@@ -37,18 +37,23 @@ class Artifact:
 
 def package_zip(package_dir: Path) -> bytes:
     """Deterministic zip of a package directory (sorted names, fixed dates and modes)."""
-    buf = io.BytesIO()
     root = package_dir.parent
-    files = sorted(
+    files = (
         p for p in package_dir.rglob("*")
         if p.is_file() and not (_SKIP_DIRS & set(p.relative_to(root).parts)) and p.suffix not in _SKIP_SUFFIXES
     )
+    return files_zip({p.relative_to(root).as_posix(): p.read_bytes() for p in files}, mode=0o644)
+
+
+def files_zip(files: dict[str, bytes], mode: int = 0o600) -> bytes:
+    """Deterministic zip of named byte strings."""
+    buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for p in files:
-            info = zipfile.ZipInfo(p.relative_to(root).as_posix(), date_time=_ZIP_DATE)
-            info.external_attr = 0o644 << 16
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.external_attr = mode << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            z.writestr(info, p.read_bytes())
+            z.writestr(info, files[name])
     return buf.getvalue()
 
 
@@ -64,13 +69,14 @@ def payload(path: Path) -> Artifact:
 
 
 # Runs on the host with its python3: unpack pkg zip argv[1] into directory argv[2] atomically,
-# then prune package/payload versions untouched for a day beyond the newest KEEP of each.
+# then prune sibling versions untouched for a day beyond the newest KEEP.
 UNPACK_SCRIPT = """\
-import os, shutil, sys, time, zipfile
+import compileall, os, shutil, sys, time, zipfile
 KEEP, AGE = 8, 86400
 src, final = sys.argv[1], sys.argv[2]
 tmp = "%s.tmp.%d" % (final, os.getpid())
 zipfile.ZipFile(src).extractall(tmp)
+compileall.compile_dir(tmp, quiet=2)  # jobs start faster, even where bytecode writing is off
 open(os.path.join(tmp, ".complete"), "w").close()
 try:
     os.rename(tmp, final)
@@ -79,12 +85,9 @@ except OSError:
     if not os.path.exists(os.path.join(final, ".complete")):
         raise
 os.unlink(src)
-work = os.path.dirname(os.path.dirname(final))
-for sub in ("pkg", "payload"):
-    d = os.path.join(work, sub)
-    entries = sorted((os.path.getmtime(os.path.join(d, n)), n) for n in os.listdir(d))
-    for mtime, n in entries[:-KEEP]:
-        if time.time() - mtime > AGE and ".tmp." not in n:
-            p = os.path.join(d, n)
-            shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
+d = os.path.dirname(final)
+entries = sorted((os.path.getmtime(os.path.join(d, n)), n) for n in os.listdir(d))
+for mtime, n in entries[:-KEEP]:
+    if time.time() - mtime > AGE and ".tmp." not in n and not n.endswith(".zip"):
+        shutil.rmtree(os.path.join(d, n), ignore_errors=True)
 """

@@ -36,7 +36,7 @@ from snplab.remote.errors import InventoryError
 PRODUCTS = ("milan", "genoa", "turin")
 DEFAULT_WORKDIR = ".cache/snplab"  # relative to the remote user's home directory
 _ENDPOINT_KEYS = {"name", "host", "port", "user", "key_file", "known_hosts"}
-_HOST_KEYS = _ENDPOINT_KEYS | {"capacity", "product", "labels", "jump", "python", "workdir"}
+_HOST_KEYS = _ENDPOINT_KEYS | {"capacity", "product", "labels", "jump", "python", "workdir", "certs_blob"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class HostEntry:
     jump: Endpoint | None = None
     python: str = "python3"  # interpreter on the host (needs cryptography and pyelftools)
     workdir: str = DEFAULT_WORKDIR  # cache + slot locks on the host
+    certs_blob: str | None = None  # snp: the host's certificate blob file, a path on the host
 
     @property
     def name(self) -> str:
@@ -230,4 +231,5 @@ def _host(raw: Mapping[str, Any], base: Path, jumps: Mapping[str, Endpoint], whe
         jump=jump,
         python=_str(raw, "python", where, "python3"),
         workdir=_str(raw, "workdir", where, DEFAULT_WORKDIR),
+        certs_blob=_str(raw, "certs_blob", where) if "certs_blob" in raw else None,
     )

@@ -65,35 +65,45 @@ def selected_hosts(config: pytest.Config) -> tuple[Any, ...]:
         raise pytest.UsageError(str(e)) from e
 
 
-def default_payload(config: pytest.Config) -> Path | None:
-    """The payload ELF the local platforms use (shipped to the hosts)."""
-    for opt in ("--payload",):
-        try:
-            value = config.getoption(opt)
-        except ValueError:
-            continue
-        if value:
-            return Path(value)
+def _option(config: pytest.Config, name: str) -> Any:
+    """An option of the main plugin, None when it is not loaded."""
     try:
-        from snplab.platform import default_payload_path  # type: ignore[attr-defined]
+        return config.getoption(name)
+    except ValueError:
+        return None
+
+
+def default_payload() -> Path | None:
+    """The payload ELF the local platforms use (shipped to the hosts), built if needed."""
+    try:
+        from snplab.platform import default_payload_path
     except ImportError:
         return None
     return Path(default_payload_path())
 
 
 def make_ssh_platform(config: pytest.Config) -> Any:
-    """An SshPlatform configured from the command line."""
+    """An SshPlatform configured from the command line (also --certs-blob, --trust-dir, --abi)."""
     from snplab.remote.platform import SshPlatform, xdist_worker_index
 
+    abi = _option(config, "--abi")
     return SshPlatform(
         selected_hosts(config),
         remote_platform=config.getoption("--remote-platform"),
-        payload=default_payload(config),
+        payload=default_payload(),
         options=ssh_options(config),
         worker_index=xdist_worker_index(),
         lease_timeout=config.getoption("--ssh-lease-timeout"),
         job_overhead_s=config.getoption("--ssh-job-timeout"),
+        certs_blob=_option(config, "--certs-blob"),
+        trust_dir=_option(config, "--trust-dir"),
+        abi=abi if abi not in (None, "auto") else None,
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _option(config, "--platform") == "ssh":
+        selected_hosts(config)  # a bad or missing inventory stops the run before it starts
 
 
 @pytest.fixture(scope="session")

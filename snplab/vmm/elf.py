@@ -91,7 +91,7 @@ class ElfImage:
         self._code_names = [n for _, n in code]
         self._dwarf: DwarfInfo | None = None
         self._dwarf_lock = threading.Lock()
-        for a, b in zip(self.segments, self.segments[1:]):
+        for a, b in zip(self.segments, self.segments[1:], strict=False):
             if a.end > b.gpa:
                 raise ElfError(f"{path}: PT_LOAD segments at {a.gpa:#x} and {b.gpa:#x} overlap")
 

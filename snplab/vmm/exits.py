@@ -8,15 +8,39 @@ KVM_EXIT_SNP_REQ_CERTS is not 43). A decoder is `fn(vcpu, run)`.
 from __future__ import annotations
 
 import errno
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from snplab.vmm import uapi
 from snplab.vmm.events import (
-    CertsAnswer, Doorbell, FailEntry, Hlt, InternalError, Io, KvmRunError, MapGpaRange,
-    MemoryFault, MsrRead, MsrWrite, ReqCerts, SevTerm, Shutdown, SystemEvent, VmgexitReqCerts)
+    CertsAnswer,
+    Doorbell,
+    FailEntry,
+    Hlt,
+    InternalError,
+    Io,
+    KvmRunError,
+    MapGpaRange,
+    MemoryFault,
+    MsrRead,
+    MsrWrite,
+    ReqCerts,
+    SevTerm,
+    Shutdown,
+    SystemEvent,
+    VmgexitReqCerts,
+)
 from snplab.vmm.memory import GpaOutOfRange
 from snplab.vmm.vcpu import (
-    FAIL_ENTRY, HALTED, INTERNAL_ERROR, SHUTDOWN, SYSTEM_EVENT, TERMINATED, UNHANDLED_EXIT, Vcpu)
+    FAIL_ENTRY,
+    HALTED,
+    INTERNAL_ERROR,
+    SHUTDOWN,
+    SYSTEM_EVENT,
+    TERMINATED,
+    UNHANDLED_EXIT,
+    Vcpu,
+)
 
 Decoder = Callable[[Vcpu, uapi.kvm_run], None]
 
@@ -89,8 +113,11 @@ def sev_term_event(vcpu: Vcpu, raw: int) -> SevTerm:
     (NAE 0x8000FFFE; reason in the GHCB's SW_EXITINFO1 [3:0] set, [11:4] code)."""
     if raw & 0xFFF == GHCB_MSR_TERM_REQ:
         return SevTerm((raw >> 12) & 0xF, (raw >> 16) & 0xFF, raw)
+    mem = vcpu.guest.memory
     try:
-        info1 = vcpu.guest.memory.read_u64(raw + GHCB_SW_EXITINFO1_OFFSET)
+        if mem is None:
+            raise GpaOutOfRange(raw, 8)
+        info1 = mem.read_u64(raw + GHCB_SW_EXITINFO1_OFFSET)
     except GpaOutOfRange:
         return SevTerm(-1, -1, raw)
     return SevTerm(info1 & 0xF, (info1 >> 4) & 0xFF, raw)

@@ -24,15 +24,23 @@ from snplab.vmm import memory_map as mm
 from snplab.vmm import uapi
 from snplab.vmm.dwarf import StructView, TypeLayout, decode_bytes
 from snplab.vmm.elf import ElfImage, load_elf
-from snplab.vmm.errors import ElfError, GuestSetupError
+from snplab.vmm.errors import DwarfError, ElfError, GuestSetupError
 from snplab.vmm.events import to_jsonable
 from snplab.vmm.exits import Decoder, default_decoders
 from snplab.vmm.handlers import EventLog, HandlerRegistry
 from snplab.vmm.kvm import DEFAULT_IOCTL, IoctlLayer, Kvm, VmFd
-from snplab.vmm.launch import LaunchRecord, Launcher, PageType, PlainLauncher, VcpuInitState
-from snplab.vmm.memory import GuestMemory
+from snplab.vmm.launch import Launcher, LaunchRecord, PageType, PlainLauncher, VcpuInitState
+from snplab.vmm.memory import GpaOutOfRange, GuestMemory
 from snplab.vmm.vcpu import (
-    CRASH_STATUSES, OK_STATUSES, STOPPED, TIMEOUT, Vcpu, install_kick_handler)
+    CRASH_STATUSES,
+    OK_STATUSES,
+    STOPPED,
+    TIMEOUT,
+    Vcpu,
+    ensure_kick_handler,
+    install_kick_handler,
+)
+from snplab.vmm.watchdog import WATCHDOG
 
 PARAMS_SYMBOL = "snplab_params"
 PARAMS_STRUCT = "snplab_params"
@@ -42,8 +50,9 @@ KICK_GRACE_S = 0.45  # a kicked vCPU must have left KVM_RUN within this (limit +
 
 @dataclass(frozen=True)
 class GuestConfig:
-    """One guest: payload ELF, vCPU count, RAM size (bytes), wall-clock limit (seconds), and the
-    launch inputs (SNP guest policy, 32-byte HOST_DATA) handed to the launcher."""
+    """One guest: payload ELF, vCPU count, RAM size (bytes), wall-clock limit (seconds), the
+    launch inputs (SNP guest policy, 32-byte HOST_DATA) handed to the launcher, and where the
+    guest's results are (struct name in DWARF, GPA) for `RunResult.results`."""
 
     elf: Path
     nvcpus: int = 1
@@ -51,6 +60,8 @@ class GuestConfig:
     timeout_s: float = 10.0
     policy: int = 0x30000
     host_data: bytes = bytes(32)
+    results_struct: str = "snplab_results"
+    results_gpa: int | None = None  # None: params.results_gpa, else the symbol named like it
 
 
 @runtime_checkable
@@ -195,7 +206,7 @@ def _sregs_dict(s: uapi.kvm_sregs) -> dict[str, Any]:
     return d
 
 
-_REG_NAMES = [n for n, _ in uapi.kvm_regs._fields_]
+_REG_NAMES = [f[0] for f in uapi.kvm_regs._fields_]
 
 
 class Guest:
@@ -216,6 +227,7 @@ class Guest:
         if len(config.host_data) != 32:
             raise GuestSetupError(f"host_data is {len(config.host_data)} bytes, want 32")
         mm.check_c_bit_mask(self.backend.c_bit_mask)
+        ensure_kick_handler()  # now, if on the main thread: run() may be called from another
         self.elf: ElfImage = load_elf(config.elf)
         self.memory: GuestMemory | None = None
         self.kvm: Kvm | None = None
@@ -249,7 +261,8 @@ class Guest:
             self.vm = self.kvm.create_vm(self.backend.vm_type)
             self.memory = GuestMemory(self.config.ram_size)
             self.backend.setup_vm(self)
-            self.memory.register(self.vm)
+            self.memory.register(self.vm)  # slots the backend did not register itself
+            self.memory.enable_kvm_attributes(self.vm)
             t1 = time.perf_counter()
             self._load_elf()
             self._init_params()
@@ -397,7 +410,9 @@ class Guest:
 
     # --- run -----------------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Run every vCPU on its own thread until all stop or the wall-clock limit expires."""
+        """Run every vCPU until all stop or the wall-clock limit expires. vCPU 0 runs on the
+        calling thread, every other vCPU on a thread of its own; the process-wide watchdog
+        kicks them all at the deadline."""
         if self.state in ("new", "prepared"):
             self.launch()
         if self.state != "launched":
@@ -407,28 +422,32 @@ class Guest:
         cfg = self.config
         self._running = len(self.vcpus)
         threads = [threading.Thread(target=v.run_loop, name=f"snplab-vcpu{v.index}", daemon=True)
-                   for v in self.vcpus]
+                   for v in self.vcpus[1:]]
         self.t_run0 = t_run0 = time.perf_counter()
-        for t in threads:
-            t.start()
         deadline = t_run0 + cfg.timeout_s
-        with self._cond:
-            while self._running:
-                rem = deadline - time.perf_counter()
-                if rem <= 0:
-                    break
-                self._cond.wait(rem)
-            timed_out = self._running > 0
-        if timed_out:
-            for v in self.vcpus:
-                v.kick(TIMEOUT, f"no termination within {cfg.timeout_s:g} s")
+        token = WATCHDOG.arm(deadline, self._on_deadline)
+        try:
+            for t in threads:
+                t.start()
+            self.vcpus[0].run_loop()
+            with self._cond:
+                while self._running:
+                    rem = deadline - time.perf_counter()
+                    if rem <= 0:
+                        break
+                    self._cond.wait(rem)
+                timed_out = self._running > 0
+            if timed_out:
+                self._on_deadline()
+        finally:
+            WATCHDOG.disarm(token)
         grace_end = time.perf_counter() + KICK_GRACE_S
-        for t, v in zip(threads, self.vcpus):
+        for t, v in zip(threads, self.vcpus[1:], strict=True):
             t.join(max(0.0, min(0.002, grace_end - time.perf_counter())))
             while t.is_alive() and time.perf_counter() < grace_end:
                 v.kick(v.status if v.stopping else STOPPED)  # re-kick: a signal may have raced
                 t.join(0.005)
-        stuck = [v for t, v in zip(threads, self.vcpus) if t.is_alive()]
+        stuck = [v for t, v in zip(threads, self.vcpus[1:], strict=True) if t.is_alive()]
         t_end = time.perf_counter()
         self.timings["run_s"] = t_end - t_run0
         self.timings["total_s"] = t_end - self._t0
@@ -436,6 +455,14 @@ class Guest:
         self._teardown_kvm(leak={v.index for v in stuck})
         self.state = "ran"
         return self.result
+
+    def _on_deadline(self) -> None:
+        """The wall-clock limit expired: stop every vCPU still running (re-kicked every 50 ms
+        while any is, in case a signal raced with a KVM_RUN entry)."""
+        for v in self.vcpus:
+            v.kick(TIMEOUT, f"no termination within {self.config.timeout_s:g} s")
+        if self.state == "running" and any(v.alive for v in self.vcpus):
+            WATCHDOG.arm(time.perf_counter() + 0.05, self._on_deadline)
 
     def _vcpu_finished(self, vcpu: Vcpu) -> None:
         """Called on each vCPU thread as it ends; a failing vCPU stops the others."""
@@ -469,16 +496,17 @@ class Guest:
             error = f"vcpu{f.index}: {f.status}: {f.reason}{where}"
         params_bytes = self.params.bytes() if self.params is not None else None
         res_layout, res_bytes = None, None
-        if self.params is not None and self.memory is not None and self.elf.has_dwarf and \
-                self.elf.dwarf.has_struct(RESULTS_STRUCT):
-            res_layout = self.elf.dwarf.layout(RESULTS_STRUCT)
-            gpa = self.params["results_gpa"] if "results_gpa" in self.params else mm.RESULTS_GPA
+        try:
+            view = self.results_view(self.config.results_struct, self.config.results_gpa)
+        except (ElfError, DwarfError, GpaOutOfRange, GuestSetupError):
+            view = None
+        if view is not None:
+            res_layout = view.layout
             # Snapshot only results the guest wrote (magic set): a 400 KiB copy of untouched
             # memory would cost more than the rest of a test boot.
-            if self.memory.contains(gpa, res_layout.size) and (
-                    not res_layout.has_field("magic") or
-                    self.memory.read_u32(gpa + res_layout.field("magic").offset)):
-                res_bytes = self.memory.read(gpa, res_layout.size)
+            if "magic" not in view or view["magic"]:
+                res_bytes = view.bytes()
+            view.release()
         return RunResult(
             platform=self.backend.name, status=status, error=error, vcpus=vres,
             events=self.events, timings=dict(self.timings), launch_log=self.launch_log,
@@ -488,10 +516,12 @@ class Guest:
 
     # --- results -------------------------------------------------------------------------------
     def results_view(self, struct_name: str = RESULTS_STRUCT, gpa: int | None = None) -> StructView:
-        """A StructView of `struct_name` in guest memory at `gpa` (default: params.results_gpa,
-        else the ELF symbol named like the struct)."""
+        """A StructView of `struct_name` in guest memory at `gpa` (default: params.results_gpa
+        for snplab_results, else the ELF symbol named like the struct)."""
         if self.memory is None:
             raise GuestSetupError("guest memory is gone (closed)")
+        if not self.elf.has_dwarf:
+            raise DwarfError(f"{self.elf.path}: no DWARF")
         layout = self.elf.dwarf.layout(struct_name)
         if gpa is None:
             if struct_name == RESULTS_STRUCT and self.params is not None and \

@@ -133,18 +133,34 @@ def start_watchdog(seconds: float) -> threading.Timer:
     return t
 
 
-def make_platform(name: str, payload: Path | None) -> Any:
-    """The local platform object (``snplab.platform.get_platform``)."""
+def make_platform(args: argparse.Namespace) -> Any:
+    """The local platform object (``snplab.platform.get_platform``) the options ask for."""
     from snplab.platform import get_platform
 
-    if payload is None:
-        return get_platform(name)
-    return get_platform(name, payload=payload)
+    opts = {k: v for k, v in (("payload", args.payload), ("certs_blob", args.certs_blob),
+                              ("abi", args.abi)) if v is not None}
+    return get_platform(args.platform, **opts)
+
+
+def snp_facts() -> dict[str, Any]:
+    """What an SNP host's kernel plays (ABI profile) and its CPU product, for preflight."""
+    try:
+        from snplab.vmm import snp
+    except ImportError as e:
+        return {"snp_unavailable": f"{type(e).__name__}: {e}"}
+    out: dict[str, Any] = {"snp_unavailable": snp.unavailable_reason()}
+    if out["snp_unavailable"] is None:
+        out["host_abi"] = snp.detect_abi()
+    out["host_product"] = snp.host_product()
+    return out
 
 
 def run_job(args: argparse.Namespace) -> int:
     if args.probe:
-        print(json.dumps(host_facts.probe(args.platform)))
+        facts = host_facts.probe(args.platform)
+        if args.platform == "snp":
+            facts.update(snp_facts())
+        print(json.dumps(facts))
         return 0
     line = read_scenario_line()
     from snplab.scenario import Scenario, ScenarioError
@@ -160,10 +176,13 @@ def run_job(args: argparse.Namespace) -> int:
         lease = host_slots.acquire(args.slots_dir, args.capacity, args.owner, wait_s=args.slot_wait)
         if lease is None:
             die(EXIT_NO_SLOT, f"no free guest slot of {args.capacity} in {args.slots_dir}")
-    platform = make_platform(args.platform, args.payload)
-    wall_start = time.time()
-    transcript = platform.run(scenario)
-    wall_end = time.time()
+    platform = make_platform(args)
+    try:
+        wall_start = time.time()
+        transcript = platform.run(scenario)
+        wall_end = time.time()
+    finally:
+        platform.close()
     doc = transcript.to_json()
     host = dict(doc.get("host") or {})
     for k, v in host_facts.host_facts().items():
@@ -182,6 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m snplab.vmm.job", description=__doc__.split("\n")[0])
     p.add_argument("--platform", choices=("emulated", "snp"), required=True)
     p.add_argument("--payload", type=Path, help="guest payload ELF (default: the platform's own)")
+    p.add_argument("--certs-blob", type=Path, help="certificate blob file the VMM serves (snp: required)")
+    p.add_argument("--abi", help="force the host ABI profile (snp; default: detect)")
     p.add_argument("--probe", action="store_true", help="print host facts and derived capacity as JSON, run nothing")
     p.add_argument("--slots-dir", type=Path, help="take a guest slot (flock) in this directory first")
     p.add_argument("--capacity", type=int, default=1, help="number of slots in --slots-dir")

@@ -88,7 +88,9 @@ class GuestMemory:
         return s
 
     def register(self, vm: VmFd) -> None:
-        """Give every not-yet-registered slot to KVM (KVM_SET_USER_MEMORY_REGION)."""
+        """Give every not-yet-registered slot to KVM (KVM_SET_USER_MEMORY_REGION). A backend
+        that needs KVM_SET_USER_MEMORY_REGION2 with a guest_memfd registers the slot itself in
+        `setup_vm` (using `slot.hva` as userspace_addr) and sets `slot.registered = True`."""
         self.vm = vm
         for s in self.slots:
             if not s.registered:

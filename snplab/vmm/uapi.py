@@ -210,7 +210,8 @@ class kvm_exit_snp_req_certs(C.Structure):
 
 
 class kvm_user_vmgexit(C.Structure):
-    """v15 draft (never merged): type @0, data_gpa @8, data_npages @16, ret @24, flags @28, status @29."""
+    """v15 draft, never merged: type @0, data_gpa @8, data_npages @16, ret @24, flags @28,
+    status @29."""
     _fields_ = [("type", u32), ("_pad4", u32), ("data_gpa", u64), ("data_npages", u64),
                 ("ret", u32), ("flags", u8), ("status", u8), ("_pad30", u8 * 2)]
 

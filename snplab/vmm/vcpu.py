@@ -43,10 +43,22 @@ OK_STATUSES = frozenset({HALTED, TERMINATED, STOPPED})
 CRASH_STATUSES = frozenset({SHUTDOWN, INTERNAL_ERROR, FAIL_ENTRY, SYSTEM_EVENT})
 
 KICK_SIGNAL = signal.SIGUSR1
+EHWPOISON = getattr(errno, "EHWPOISON", 133)  # Linux asm-generic/errno.h; absent from Python
 
 
 def _noop_handler(signum: int, frame: Any) -> None:
     pass
+
+
+def ensure_kick_handler() -> bool:
+    """Install the SIGUSR1 handler if this is the main thread; True if one is installed."""
+    current = signal.getsignal(KICK_SIGNAL)
+    if current not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(KICK_SIGNAL, _noop_handler)
+    return True
 
 
 def install_kick_handler() -> None:
@@ -124,6 +136,11 @@ class Vcpu:
     def stopping(self) -> bool:
         return self._stop
 
+    @property
+    def alive(self) -> bool:
+        """The vCPU's run loop is executing."""
+        return self._alive
+
     def request_complete(self) -> None:
         """The guest request behind the last certificate exit reached firmware: run the
         completion hooks (the certificate responder drops its lock)."""
@@ -137,18 +154,15 @@ class Vcpu:
         if immediate_exit and self.run_struct is not None:
             self.run_struct.immediate_exit = 1
 
-    def memory(self) -> Any:
-        return self.guest.memory
-
     # --- kick (other threads) ------------------------------------------------------------------
     def kick(self, status: str, reason: str = "") -> bool:
         """Ask a running vCPU to stop with `status`; True if its thread was signalled."""
         with self._kick_lock:
-            if not self._alive:
-                return False
             if not self._kicked:
                 self._kicked = True
-                self.stop(status, reason)
+                self.stop(status, reason)  # also stops a vCPU whose loop has not started yet
+            if not self._alive:
+                return False
             run = self.run_struct
             if run is not None:
                 run.immediate_exit = 1
@@ -186,7 +200,7 @@ class Vcpu:
                     continue
                 except OSError as e:
                     err = e.errno or errno.EIO
-                    if err in (errno.EFAULT, errno.EHWPOISON) and \
+                    if err in (errno.EFAULT, EHWPOISON) and \
                             run.exit_reason == uapi.KVM_EXIT_MEMORY_FAULT:
                         self.nexits += 1
                         decoders[uapi.KVM_EXIT_MEMORY_FAULT](self, run)
