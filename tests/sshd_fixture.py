@@ -65,16 +65,20 @@ def inventory_toml(servers: list[LoopbackSshd], workdir: Path, capacity: int | N
 
 
 def snplab_processes(marker: str) -> list[tuple[int, str]]:
-    """(pid, cmdline) of live (non-zombie) processes whose command line contains marker."""
+    """(pid, cmdline) of live processes whose command line or working directory contains marker."""
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
         try:
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            try:
+                cwd = os.readlink(d / "cwd")
+            except OSError:
+                cwd = ""
             state = next((ln for ln in (d / "status").read_text().splitlines() if ln.startswith("State:")), "")
         except OSError:
             continue
-        if marker in cmd and "\tZ" not in state and " Z " not in state:
+        if (marker in cmd or marker in cwd) and "\tZ" not in state:
             found.append((int(d.name), cmd.strip()))
     return found

@@ -133,3 +133,91 @@ def test_trim_results_drops_unused_parts():
     assert out["vcpu"][0]["cert_store"] == b"xyz".hex()
     assert out["vcpu"][0]["log"] == "hello"
     json.dumps(out)
+
+
+# ---- encoding into the payload's params and running on the emulated platform ---------------
+
+def _payload_dwarf():
+    from snplab.platform import PlatformUnavailable, default_payload_path
+    from snplab.vmm.elf import load_elf
+
+    try:
+        return load_elf(default_payload_path()).dwarf
+    except PlatformUnavailable as e:
+        pytest.skip(str(e))
+
+
+def test_encode_scenario_uses_dwarf_layout_and_enums():
+    """Steps land in snplab_params exactly where and as the payload's DWARF says."""
+    from snplab.platform import ScenarioEncodeError, encode_scenario
+    from snplab.vmm.dwarf import StructView
+
+    dwarf = _payload_dwarf()
+    layout = dwarf.layout("snplab_params")
+    buf = bytearray(layout.size)
+    view = StructView(layout, memoryview(buf))
+    sc = Scenario.multi("req-certs", "milan", [
+        [Step.ext(3, policy="linux", report_data=b"\x01\x02", certs_gpa_offset=8)],
+        [Step.req(vmpck=2, vmpl=2), Step.ext(1, seqno=9, no_rbx_valid=True, pages="same"),
+         Step.terminate(4)]])
+    encode_scenario(view, dwarf, sc)
+    dec = view.decode()
+    op, pol, pages = dwarf.enum("snplab_op"), dwarf.enum("snplab_policy"), dwarf.enum("snplab_pages")
+    flags = dwarf.enum("snplab_step_flags")
+    v0, v1 = dec["vcpu"][0], dec["vcpu"][1]
+    assert v0["nsteps"] == 1 and v1["nsteps"] == 3
+    s = v0["steps"][0]
+    assert (s["op"], s["policy"], s["certs_npages"], s["certs_gpa_offset"]) == (
+        op["SNPLAB_OP_EXT_REQ"], pol["SNPLAB_POLICY_LINUX"], 3, 8)
+    assert bytes.fromhex(s["report_data"]) == b"\x01\x02" + bytes(62)
+    s = v1["steps"][1]
+    assert s["seqno"] == 9 and s["pages"] == pages["SNPLAB_PAGES_SAME"]
+    assert s["flags"] == flags["SNPLAB_STEP_SEQNO_OVERRIDE"] | flags["SNPLAB_STEP_NO_RBX_VALID"]
+    assert v1["steps"][2]["op"] == op["SNPLAB_OP_TERMINATE"] and v1["steps"][2]["vmpl"] == 4
+    assert (v1["steps"][0]["vmpck"], v1["steps"][0]["vmpl"]) == (2, 2)
+    too_many = Scenario.single("stub", "milan", *[Step.ext(1)] * 17)
+    with pytest.raises(ScenarioEncodeError, match="at most 16"):
+        encode_scenario(StructView(layout, memoryview(bytearray(layout.size))), dwarf, too_many)
+
+
+def _kvm_ok() -> bool:
+    import os
+
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    if not _kvm_ok():
+        pytest.skip("/dev/kvm unusable")
+    from snplab.platform import get_platform
+
+    p = get_platform("emulated")
+    yield p
+    p.close()
+
+
+@pytest.mark.kvm
+def test_run_never_raises_for_bad_scenarios(emulated):
+    """A scenario the payload cannot hold, or an unknown fault, ends as status "error"."""
+    t = emulated.run(Scenario.multi("req-certs", "milan", [[Step.ext(1)]] * 5))
+    assert t.status == "error" and ("5 vCPUs" in t.error or "nvcpus=5" in t.error), t.error
+    t = emulated.run(Scenario.single("req-certs", "milan", Step.ext(1), faults=("no-such-fault",)))
+    assert t.status == "error" and "no-such-fault" in t.error
+
+
+@pytest.mark.kvm
+def test_run_end_to_end_transcript(emulated):
+    """A real emulated run: transcript fields filled, JSON round trip exact, blob recorded."""
+    t = emulated.run(Scenario.single("req-certs", "genoa", Step.ext(0)))
+    assert t.status == "ok", t.error
+    assert t.step(0, 0).attempts[0].vmm_error == 1
+    assert t.cert_blob == emulated.cert_blob("genoa", "vcek")
+    assert t.launch_log["updates"] and t.measurement and t.message_log
+    assert {"run_s", "wall_s", "platform_s"} <= set(t.timings)
+    assert Transcript.loads(t.dumps()) == Transcript.from_json(json.loads(t.dumps()))
+    assert t.enums["snplab_outcome"]["SNPLAB_OUT_INVALID_LEN"] == t.step(0, 0).outcome

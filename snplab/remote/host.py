@@ -177,10 +177,12 @@ class RemoteHost:
     def job_command(self, slot_wait: float, max_seconds: float, owner: str,
                     keys: Shipment | None = None, job_args: Sequence[str] = ()) -> str:
         q = shlex.quote
-        args = ["--slots-dir", "slots", "--capacity", str(self.capacity), "--slot-wait", f"{slot_wait:g}",
-                "--max-seconds", f"{max_seconds:g}", "--owner", owner, *self.job_args, *job_args]
+        # absolute paths, so `ps` on the host shows whose job it is
+        args = ["--slots-dir", f"{self.workdir}/slots", "--capacity", str(self.capacity),
+                "--slot-wait", f"{slot_wait:g}", "--max-seconds", f"{max_seconds:g}", "--owner", owner,
+                *self.job_args, *job_args]
         if self.payload is not None:
-            args += ["--payload", self.payload.remote]
+            args += ["--payload", f"{self.workdir}/{self.payload.remote}"]
         env = f"SNPLAB_CACHE={q(self.workdir + '/' + keys.remote)} " if keys is not None else ""
         return f"cd {q(self.workdir)} && {self._python(' '.join(q(a) for a in args), env)}"
 

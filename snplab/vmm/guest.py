@@ -560,6 +560,9 @@ class Guest:
                     obj.close()
                 except OSError:
                     pass
+        backend_close = getattr(self.backend, "close", None)
+        if callable(backend_close):
+            backend_close()  # e.g. the SNP backend's /dev/sev and guest_memfd fds
 
     def close(self) -> None:
         """Release every fd and mapping (idempotent)."""
