@@ -370,3 +370,7 @@ class Transcript:
         except TranscriptError as e:
             lines.append(f"  (results unreadable: {e})")
         return "\n".join(lines)
+
+
+__all__ = ["Transcript", "TranscriptError", "StepResult", "Attempt", "as_bytes", "jsonable",
+           "trim_results", "GUEST_REQUEST", "EXT_GUEST_REQUEST", "SCHEMA", "STATUSES"]

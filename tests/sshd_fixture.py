@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +57,8 @@ def inventory_toml(servers: list[LoopbackSshd], workdir: Path, capacity: int | N
             f'known_hosts = "{s.known_hosts}"',
             f'workdir = "{workdir / s.name}"',
             f'labels = {{ kernel = "{s.name}" }}',
+            # the "remote" host is this machine: its python is ours (with our dependencies)
+            f'python = "{sys.executable}"',
         ]
         if capacity is not None:
             lines.append(f"capacity = {capacity}")

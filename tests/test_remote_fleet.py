@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from sshd_fixture import inventory_toml, snplab_processes, sshd_pair  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import zipfile
 
 from sshd_fixture import sshd  # noqa: F401  (fixture)
@@ -32,7 +33,7 @@ def test_package_zip_is_deterministic(tmp_path):
 
 
 def make_host(sshd, workdir, payload: bytes | None, capacity: int | None = 2) -> RemoteHost:
-    entry = HostEntry(endpoint=sshd.endpoint(), capacity=capacity, workdir=str(workdir))
+    entry = HostEntry(endpoint=sshd.endpoint(), capacity=capacity, workdir=str(workdir), python=sys.executable)
     return RemoteHost(entry, FAST, "emulated", artifact.snplab_package(),
                       artifact.Artifact.of(payload) if payload is not None else None)
 

@@ -32,6 +32,7 @@ labels = ["kernel=patched", "rack=a"]
 jump = "bastion"
 python = "/opt/snplab/bin/python3"
 workdir = "/var/tmp/snplab"
+certs_blob = "/var/lib/snplab/certs.bin"
 
 [[jump]]
 name = "bastion"
@@ -56,6 +57,7 @@ def test_parse_defaults_and_relative_paths(tmp_path):
     assert b.labels == {"kernel": "patched", "rack": "a"}
     assert b.jump is not None and (b.jump.host, b.jump.user) == ("bastion.example", "ci")
     assert (b.python, b.workdir) == ("/opt/snplab/bin/python3", "/var/tmp/snplab")
+    assert (a.certs_blob, b.certs_blob) == (None, "/var/lib/snplab/certs.bin")
     assert a.jump is None and a.workdir == ".cache/snplab"
 
 

@@ -12,12 +12,10 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
-
 from sshd_fixture import inventory_toml, snplab_processes, sshd  # noqa: F401  (fixture)
 
 from snplab.remote import host_slots
@@ -54,7 +52,7 @@ def assert_error_then_pass(res: subprocess.CompletedProcess[str], error_type: st
     assert res.returncode == 1, out + res.stderr
     assert re.search(r"\b1 passed, 1 error\b", out), out
     assert "PASSED test_inner.py::test_after_guest" in out, out
-    m = re.search(rf"^ERROR test_inner\.py::test_guest - ({error_type}: .*)$", out, re.M)
+    m = re.search(rf"^ERROR test_inner\.py::test_guest - ({error_type}: .*)$", out, re.MULTILINE)
     assert m, out
     assert phrase in m.group(1), m.group(1)
     assert "Traceback" not in out and "paramiko" not in out.split("short test summary")[0], out
@@ -196,3 +194,15 @@ def test_killed_controller_mid_guest_leaves_nothing(sshd, tmp_path):
         if ctl.poll() is None:
             ctl.kill()
             ctl.wait()
+
+
+def test_platform_ssh_without_inventory_is_a_usage_error(tmp_path):
+    """--platform ssh without --inventory stops the run before any test, in one line."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("PYTEST_XDIST_WORKER", None)
+    res = subprocess.run([sys.executable, "-m", "pytest", "suites/test_stub.py", "--platform", "ssh",
+                          "-p", "no:cacheprovider", "--reports", str(tmp_path), "-q"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert "ERROR: --platform ssh needs --inventory HOSTS.TOML" in res.stderr
+    assert "Traceback" not in res.stderr

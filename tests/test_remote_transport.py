@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-
 from sshd_fixture import snplab_processes, sshd  # noqa: F401  (fixture)
 
 from snplab.remote.errors import AuthFailed, CommandTimeout, HostKeyChanged, HostKeyUnknown, HostUnreachable
@@ -109,8 +109,8 @@ def test_connect_timeout_is_bounded(tmp_path):
 def test_command_timeout_kills_remote_process_group(sshd):
     """On timeout the command's whole remote process group dies, background children included."""
     marker = f"snplab-test-{uuid.uuid4().hex}"
-    cmd = (f"python3 -c 'import time; time.sleep(300)' {marker} & "
-           f"python3 -c 'import time; time.sleep(300)' {marker}")
+    cmd = (f"{sys.executable} -c 'import time; time.sleep(300)' {marker} & "
+           f"{sys.executable} -c 'import time; time.sleep(300)' {marker}")
     with SshTransport(sshd.endpoint(), FAST) as t:
         t0 = time.monotonic()
         with pytest.raises(CommandTimeout) as ei:

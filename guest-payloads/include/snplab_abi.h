@@ -119,6 +119,12 @@ enum snplab_setup_stage {
 	SNPLAB_SETUP_RESULTS_WAIT = 9,	/* vCPU 0 did not make the results area shared */
 };
 
+/* Byte the guest writes over the head of its certificate buffer before each
+ * extended attempt (see snplab_attempt.certs_head). */
+enum snplab_canary {
+	SNPLAB_CERTS_CANARY = 0xa5,
+};
+
 enum snplab_magic {
 	SNPLAB_PARAMS_MAGIC = 0x534e5050,	/* "SNPP" */
 	SNPLAB_RESULTS_MAGIC = 0x534e5052,	/* "SNPR" */
@@ -184,7 +190,7 @@ struct snplab_attempt {
 	uint8_t resent;			/* 1 = byte-identical resend of the previous attempt */
 	uint8_t pad[5];
 	uint8_t tag[16];		/* AES-GCM tag of the request (IV-reuse oracle) */
-	uint8_t certs_head[32];		/* first 32 bytes of the cert buffer after the exit (0 if not readable) */
+	uint8_t certs_head[32];		/* first 32 bytes of the cert buffer after the exit (0 if not readable; the guest fills them with SNPLAB_CERTS_CANARY before the exit) */
 };
 
 struct snplab_step_result {

@@ -293,8 +293,10 @@ static uint32_t do_attempt(struct vcpu_ctx *vc, const struct snplab_step *st,
 
 	memset(gpa_ptr(pl->resp_gpa), 0, PAGE_SIZE);
 	memcpy(gpa_ptr(pl->req_gpa), vc->req_msg, run->msg_len);
+	/* A non-zero canary, so that "the host wrote nothing" and "the host wrote an
+	 * empty table (24 zero bytes)" can be told apart from certs_head. */
 	if (head)
-		memset(gpa_ptr(pl->certs_gpa), 0, head);
+		memset(gpa_ptr(pl->certs_gpa), SNPLAB_CERTS_CANARY, head);
 	if (ext) {
 		rax = pl->certs_gpa;
 		rbx = run->npages;

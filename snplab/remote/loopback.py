@@ -67,7 +67,7 @@ def _install_sshd(install: bool, timeout: float) -> str:
             policy.write_text("#!/bin/sh\nexit 101\n")
             policy.chmod(0o755)
         for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "openssh-server"]):
-            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
             if r.returncode != 0:
                 tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["?"]
                 raise LoopbackUnavailable(f"{' '.join(cmd)} failed ({r.returncode}): {tail[0]}")
@@ -161,10 +161,9 @@ class LoopbackSshd:
             self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {self.host_public_line()}\n")
             config = self.root / "sshd_config"
             config.write_text(_CONFIG.format(port=self.port, root=self.root))
-            log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen([self.sshd_path, "-D", "-e", "-f", str(config)],
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-            log.close()
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen([self.sshd_path, "-D", "-e", "-f", str(config)],
+                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             if self._wait_ready(timeout):
                 return self
             self.stop()

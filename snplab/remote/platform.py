@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from snplab.remote import artifact
+from snplab.remote.artifact import Artifact
+from snplab.remote.emu_keys import EmulatedKeyMirror
 from snplab.remote.errors import (
     AuthFailed,
     HostKeyChanged,
@@ -34,8 +36,6 @@ from snplab.remote.errors import (
     RemoteError,
     RemoteJobFailed,
 )
-from snplab.remote.artifact import Artifact
-from snplab.remote.emu_keys import EmulatedKeyMirror
 from snplab.remote.host import RemoteHost, Shipment
 from snplab.remote.inventory import HostEntry
 from snplab.remote.transport import SshOptions

@@ -12,7 +12,7 @@ error's one line as the whole report, and the run goes on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,8 @@ def _remote_error(excinfo: pytest.ExceptionInfo[BaseException] | None) -> BaseEx
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+        item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     err = _remote_error(call.excinfo)
     if err is not None and report.failed:

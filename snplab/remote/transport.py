@@ -309,7 +309,9 @@ class SshTransport:
             chan = t.open_session(timeout=self.options.connect_timeout)
             chan.settimeout(self.options.connect_timeout)
             chan.exec_command(f"kill -KILL -- -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; true")
-            chan.recv_exit_status()
+            deadline = time.monotonic() + self.options.connect_timeout
+            while not chan.exit_status_ready() and time.monotonic() < deadline:
+                time.sleep(0.01)
             chan.close()
         except (RemoteError, paramiko.SSHException, OSError, EOFError) as e:
             log.warning("%s: could not kill remote process group %d: %s", self.where, pid, e)

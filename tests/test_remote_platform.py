@@ -1,0 +1,77 @@
+"""SshPlatform against a loopback host: emulated keys mirrored from the controller, run_many,
+host facts in every transcript, a dropped host."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from sshd_fixture import sshd  # noqa: F401  (fixture)
+
+from snplab.platform import default_payload_path
+from snplab.remote.errors import HostUnreachable
+from snplab.remote.inventory import HostEntry
+from snplab.remote.loopback import free_port
+from snplab.remote.platform import SshPlatform
+from snplab.remote.transport import SshOptions
+from snplab.scenario import Scenario, Step, pages_for
+
+
+def kvm_usable() -> bool:
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR))
+    except OSError:
+        return False
+    return True
+
+
+pytestmark = [pytest.mark.kvm, pytest.mark.skipif(not kvm_usable(), reason="/dev/kvm unusable")]
+FAST = SshOptions(connect_timeout=5.0)
+
+
+def platform(sshd, tmp_path, capacity=2, extra=()) -> SshPlatform:
+    hosts = [HostEntry(endpoint=sshd.endpoint(), capacity=capacity, workdir=str(tmp_path / "work"),
+                       labels={"kernel": "base"}, python=sys.executable)]
+    return SshPlatform(hosts + list(extra), "emulated", payload=default_payload_path(), options=FAST)
+
+
+def test_host_signs_with_the_controllers_emulated_keys(sshd, tmp_path, monkeypatch):
+    """With a fresh key cache on the controller, the host serves exactly the controller's blob
+    and its report verifies against the controller's roots (the keys were shipped)."""
+    monkeypatch.setenv("SNPLAB_CACHE", str(tmp_path / "controller-cache"))
+    from snplab import checks
+
+    with platform(sshd, tmp_path) as p:
+        blob = p.cert_blob("genoa", "vcek")
+        t = p.run(Scenario.single("req-certs", "genoa", Step.ext(pages_for(len(blob)))))
+        assert t.status == "ok", t.summary()
+        assert t.cert_blob == blob
+        checks.assert_step_verified(t, 0, 0, p.trust("genoa"))
+    shipped = list((tmp_path / "work" / "keys").glob("*/emu-keys/v*-roots-genoa.json"))
+    assert len(shipped) == 1
+    assert shipped[0].read_bytes() == (tmp_path / "controller-cache" / "emu-keys" / shipped[0].name).read_bytes()
+
+
+def test_run_many_and_host_facts(sshd, tmp_path):
+    """run_many runs each guest as its own job; every transcript names host, kernel and slot."""
+    with platform(sshd, tmp_path) as p:
+        need = pages_for(len(p.cert_blob("milan", "vcek")))
+        ts = p.run_many([Scenario.single("req-certs", "milan", Step.ext(need), name=f"m{i}") for i in range(2)])
+    assert [t.scenario.name for t in ts] == ["m0", "m1"]
+    for t in ts:
+        assert t.status == "ok", t.summary()
+        h = t.host
+        assert (h["inventory_name"], h["kernel"], h["transport"]) == ("lab0", os.uname().release, "ssh")
+        assert h["labels"] == {"kernel": "base"} and h["slot"] in (0, 1)
+        assert h["wall_start"] <= h["wall_end"] and t.timings["ssh_total_s"] > 0
+
+
+def test_down_host_is_dropped_and_others_used(sshd, tmp_path):
+    """A host that is down is dropped with its error recorded; guests go to the one that works."""
+    down = HostEntry(endpoint=sshd.endpoint(name="down", port=free_port()), capacity=4)
+    with platform(sshd, tmp_path, extra=[down]) as p:
+        need = pages_for(len(p.cert_blob("milan", "vcek")))
+        t = p.run(Scenario.single("req-certs", "milan", Step.ext(need)))
+        assert t.status == "ok" and t.host["inventory_name"] == "lab0"
+        assert isinstance(p.host_errors["down"], HostUnreachable)
