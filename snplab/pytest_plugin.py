@@ -245,7 +245,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     All values are always generated (ids are stable across platforms); those that cannot run
     are skipped in setup with the reason."""
-    already = {n for m in metafunc.definition.iter_markers("parametrize")
+    already = {n.strip() for m in metafunc.definition.iter_markers("parametrize")
                for n in (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])}
     if "abi" in metafunc.fixturenames and "abi" not in already:
         metafunc.parametrize("abi", _marker_abis(metafunc.definition), scope="function")
