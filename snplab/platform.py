@@ -330,7 +330,7 @@ class EmulatedPlatform(LocalPlatform):
 
     def __init__(self, **opts: Any) -> None:
         super().__init__(**opts)
-        problem = _kvm_problem()
+        problem = kvm_problem()
         if problem:
             raise PlatformUnavailable(problem)
 
@@ -470,7 +470,7 @@ class SnpPlatform(LocalPlatform):
 
     def __init__(self, **opts: Any) -> None:
         super().__init__(**opts)
-        problem = _kvm_problem()
+        problem = kvm_problem()
         if problem:
             raise PlatformUnavailable(problem)
         try:
@@ -509,7 +509,8 @@ class SnpPlatform(LocalPlatform):
         return self._cached(("trust-dir",), lambda: TrustStore.from_dir(self._trust_dir))
 
 
-def _kvm_problem() -> str | None:
+def kvm_problem() -> str | None:
+    """Why /dev/kvm cannot be used here (None if it can)."""
     try:
         fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
     except OSError as e:

@@ -264,17 +264,12 @@ _KVM_PROBLEM: dict[str, str | None] = {}
 def _kvm_problem() -> str | None:
     """Why /dev/kvm cannot be used here (None if it can); probed once per process."""
     if "v" not in _KVM_PROBLEM:
-        _KVM_PROBLEM["v"] = _probe_kvm()
+        from snplab.platform import kvm_problem
+
+        _KVM_PROBLEM["v"] = kvm_problem()
     return _KVM_PROBLEM["v"]
 
 
-def _probe_kvm() -> str | None:
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as e:
-        return f"/dev/kvm unusable: {e.strerror}"
-    os.close(fd)
-    return None
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -14,15 +14,8 @@ pytestmark = pytest.mark.kvm
 
 
 @pytest.fixture(scope="module")
-def platform():
-    from snplab.platform import PlatformUnavailable, get_platform
-
-    try:
-        p = get_platform("emulated")
-    except PlatformUnavailable as e:
-        pytest.skip(str(e))
-    yield p
-    p.close()
+def platform(emulated_platform_factory):
+    yield from emulated_platform_factory()
 
 
 @pytest.mark.parametrize("steps,host_data", [

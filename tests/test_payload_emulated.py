@@ -16,15 +16,8 @@ EXT, REQ = 0x80000012, 0x80000011
 
 
 @pytest.fixture(scope="module")
-def platform():
-    from snplab.platform import PlatformUnavailable, get_platform
-
-    try:
-        p = get_platform("emulated")
-    except PlatformUnavailable as e:
-        pytest.skip(str(e))
-    yield p
-    p.close()
+def platform(emulated_platform_factory):
+    yield from emulated_platform_factory()
 
 
 def vcpu(t, v: int = 0) -> dict:
