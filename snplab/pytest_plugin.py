@@ -468,6 +468,9 @@ class _Tally:
             reporting.write_summary(st.paths, st.run_id, st.platform_name, st.tally,
                                     {"wall_s": round(time.monotonic() - st.started, 3),
                                      "exitstatus": int(exitstatus), "faults": list(st.faults)})
+            from snplab.html_report import write_html_summary
+
+            write_html_summary(st.paths.root)
             terminalreporter.write_line(f"snplab reports: {st.paths.root}")
 
 
