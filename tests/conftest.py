@@ -22,3 +22,7 @@ def emulated_platform_factory() -> Callable[[], Iterator[object]]:
         p.close()
 
     return make
+
+
+# Loopback OpenSSH servers for the remote tests (module-scoped, started on first use).
+from sshd_fixture import sshd, sshd_pair  # noqa: E402,F401

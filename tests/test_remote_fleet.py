@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sshd_fixture import inventory_toml, snplab_processes, sshd_pair  # noqa: F401  (fixture)
+from sshd_fixture import inventory_toml, snplab_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 NGUESTS = 8

@@ -7,7 +7,6 @@ import os
 import sys
 import zipfile
 
-from sshd_fixture import sshd  # noqa: F401  (fixture)
 
 from snplab.remote import artifact
 from snplab.remote.host import RemoteHost

@@ -7,7 +7,6 @@ import os
 import sys
 
 import pytest
-from sshd_fixture import sshd  # noqa: F401  (fixture)
 
 from snplab.platform import default_payload_path
 from snplab.remote.errors import HostUnreachable

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sshd_fixture import inventory_toml, snplab_processes, sshd  # noqa: F401  (fixture)
+from sshd_fixture import inventory_toml, snplab_processes
 
 from snplab.remote import host_slots
 from snplab.remote.loopback import free_port, public_line, write_ed25519_key

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from sshd_fixture import inventory_toml, snplab_processes, sshd_pair  # noqa: F401  (fixture)
+from sshd_fixture import inventory_toml, snplab_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSET = ["suites/test_stub.py", "suites/test_certs.py", "suites/test_races.py",

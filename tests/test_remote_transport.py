@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sshd_fixture import snplab_processes, sshd  # noqa: F401  (fixture)
+from sshd_fixture import snplab_processes
 
 from snplab.remote.errors import AuthFailed, CommandTimeout, HostKeyChanged, HostKeyUnknown, HostUnreachable
 from snplab.remote.inventory import Endpoint
