@@ -3,8 +3,10 @@
 # payload's AES-256-GCM, counted with callgrind on a host build of the same
 # C file with the guest's code-generation flags (make -C guest-payloads bench).
 #
-# The guest runs at ~1M instructions/s under KVM's emulator on the CI box,
-# so these counts are the payload's speed.  Prints one "name value" per line.
+# This computation runs at CPL3, natively even on the nested-KVM CI box where
+# CPL0 code goes through KVM's emulator (~1M instructions/s): there these
+# counts were the payload's speed, now they are its CPU cost (bench/guest_run.py
+# times whole guests).  Prints one "name value" per line.
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 make -s -C "$here/guest-payloads" bench >/dev/null

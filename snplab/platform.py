@@ -184,7 +184,8 @@ class LocalPlatform:
         return {}
 
     def start_updater(self, scenario: Scenario, backend: Any, blob_path: Path,
-                      served: list[bytes], responder: Any) -> Callable[[], None] | None:
+                      served: list[bytes], responder: Any,
+                      guest: Any) -> Callable[[], None] | None:
         return None
 
     def check_launched(self, scenario: Scenario, backend: Any) -> None:
@@ -259,7 +260,7 @@ class LocalPlatform:
             responder.attach(guest)
             guest.launch()
             self.check_launched(sc, backend)
-            stop_updater = self.start_updater(sc, backend, blob_path, served, responder)
+            stop_updater = self.start_updater(sc, backend, blob_path, served, responder, guest)
             result = guest.run()
             if stop_updater is not None:
                 stop_updater()
@@ -399,10 +400,12 @@ class EmulatedPlatform(LocalPlatform):
                          "backend": jsonable(describe()) if callable(describe) else None}}
 
     def start_updater(self, sc: Scenario, backend: Any, blob_path: Path,
-                      served: list[bytes], responder: Any) -> Callable[[], None] | None:
+                      served: list[bytes], responder: Any,
+                      guest: Any) -> Callable[[], None] | None:
         if not sc.tcb_updates:
             return None
         updater = TcbUpdater(sc, backend, blob_path, served, responder)
+        guest.handlers.on_request_complete(updater.on_complete)  # after the responder's hook
         updater.start()
         return updater.stop
 
@@ -412,50 +415,84 @@ class TcbUpdater(threading.Thread):
     file, install a new TCB and endorsement key in the emulated firmware and rewrite the blob,
     as SNP_COMMIT / SNP_SET_CONFIG tools do (kvm-host-abi.md §1(d) lock convention).
 
-    Update k starts right after the VMM answered certificate exit ``stride * (k + 1)``, i.e.
-    while that request is on its way to the firmware, so updates really interleave with
-    requests (the updater waits for the shared locks; guests asking meanwhile get BUSY)."""
+    Update k is due once certificate exit ``stride * (k + 1)`` has been answered; it starts when
+    a request completes (reaches the firmware) with the update due, and that vCPU waits in its
+    completion hook (``on_complete``, after the responder dropped its shared lock) until the
+    update is installed. So updates interleave with requests however fast the guest is: the
+    reports before it carry the old TCB, that vCPU's next request the new one, while the other
+    vCPUs keep running (the updater waits for their shared locks; guests asking meanwhile get
+    BUSY)."""
 
     def __init__(self, sc: Scenario, backend: Any, blob_path: Path, served: list[bytes],
-                 responder: Any, stride: int = 2) -> None:
+                 responder: Any, stride: int = 2, hold_s: float = 5.0) -> None:
         super().__init__(name="snplab-tcb-updater", daemon=True)
         self.sc, self.backend, self.blob_path, self.served = sc, backend, blob_path, served
         self.responder = responder
         self.stride = stride
-        self._stop_evt = threading.Event()
+        self.hold_s = hold_s  # bound on a vCPU's wait in on_complete
+        self._cv = threading.Condition()
+        self._done = 0        # updates installed
+        self._stopped = False
         self.error: str | None = None
 
-    def _exits(self) -> int:
-        return sum(1 for r in self.responder.records if r.ret == 0)
+    def _due(self) -> int:
+        answered = sum(1 for r in self.responder.records if r.ret == 0)
+        return min(self.sc.tcb_updates, answered // self.stride)
+
+    def on_complete(self, vcpu: Any) -> None:
+        """Completion hook: with an update due, wake the updater and wait until it is in."""
+        with self._cv:
+            due = self._due()
+            if due <= self._done or self._stopped:
+                return
+            self._cv.notify_all()
+            self._cv.wait_for(lambda: self._done >= due or self._stopped, timeout=self.hold_s)
 
     def run(self) -> None:
+        try:
+            for k in range(self.sc.tcb_updates):
+                with self._cv:  # woken by on_complete; polls too, for an exit never completed
+                    while not (self._due() > k or self._stopped):
+                        self._cv.wait(0.01)
+                    if self._stopped:
+                        return
+                if not self._update():
+                    return
+                with self._cv:
+                    self._done = k + 1
+                    self._cv.notify_all()
+        except Exception as e:  # noqa: BLE001 - shows as fewer served blobs than asked for
+            self.error = _error_text(e)
+        finally:
+            with self._cv:  # never leave a vCPU waiting in on_complete
+                self._stopped = True
+                self._cv.notify_all()
+
+    def _update(self) -> bool:
         from dataclasses import replace
 
         from snplab.vmm.certs import lock_exclusive
 
+        fd = os.open(self.blob_path, os.O_RDWR | os.O_CLOEXEC)
         try:
-            for k in range(self.sc.tcb_updates):
-                while self._exits() < self.stride * (k + 1):
-                    if self._stop_evt.wait(0.001):
-                        return
-                fd = os.open(self.blob_path, os.O_RDWR | os.O_CLOEXEC)
-                try:
-                    while not lock_exclusive(fd):   # guests hold shared locks mid-request
-                        if self._stop_evt.wait(0.0005):
-                            return
-                    tcb = self.backend.keys.tcb
-                    self.backend.update_tcb(replace(tcb, snp=(tcb.snp + 1) & 0xFF))
-                    blob = bytes(self.backend.cert_blob())
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, blob, 0)
-                    self.served.append(blob)
-                finally:
-                    os.close(fd)  # closing the description drops the OFD lock
-        except Exception as e:  # noqa: BLE001 - shows as fewer served blobs than asked for
-            self.error = _error_text(e)
+            while not lock_exclusive(fd):   # guests hold shared locks mid-request
+                with self._cv:
+                    if self._cv.wait_for(lambda: self._stopped, timeout=0.0005):
+                        return False
+            tcb = self.backend.keys.tcb
+            self.backend.update_tcb(replace(tcb, snp=(tcb.snp + 1) & 0xFF))
+            blob = bytes(self.backend.cert_blob())
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, blob, 0)
+            self.served.append(blob)
+            return True
+        finally:
+            os.close(fd)  # closing the description drops the OFD lock
 
     def stop(self) -> None:
-        self._stop_evt.set()
+        with self._cv:
+            self._stopped = True
+            self._cv.notify_all()
         self.join(5)
 
 

@@ -101,33 +101,76 @@ def test_dwarf_layout_matches_the_compiler(tmp_path: Path) -> None:
         assert enums.get(e) == int(truth[e]), f"{e} missing from DWARF or wrong"
 
 
-def _functions_using(pattern: str) -> set[str]:
+def _disassembly() -> dict[str, list[str]]:
+    """{function: [instruction text]} from objdump (labels of start.S count as functions)."""
     dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(ensure_built())],
                          capture_output=True, text=True, check=True).stdout
-    fn, users = "", set()
-    rx = re.compile(pattern)
+    fns: dict[str, list[str]] = {}
+    fn = ""
     for line in dis.splitlines():
         m = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
         if m:
             fn = m.group(1)
-        elif "\t" in line and rx.search(line.split("\t", 1)[1]):
-            users.add(fn)
-    return users
+            fns.setdefault(fn, [])
+        elif "\t" in line and fn:
+            fns[fn].append(line.split("\t", 1)[1])
+    return fns
+
+
+def _functions_using(pattern: str) -> set[str]:
+    rx = re.compile(pattern)
+    return {fn for fn, insns in _disassembly().items() if any(rx.search(i) for i in insns)}
+
+
+# The payload's CPL0 part (kernel.c, exc.c, platform.c, start.S); everything else runs at CPL3.
+KERNEL_FUNCTIONS = {"_start", "__payload_start", "snplab_main", "enter_user", "kcall_entry",
+                    "snplab_kcall", "exc_install", "exc_common", "snplab_exception", "vmgexit",
+                    "pvalidate_4k", "emu_doorbell", "emu_pvalidate"}
+PRIVILEGED = (r"^\s*(rdmsr|wrmsr|(in|out)[bwl]?|ins[bwl]?|outs[bwl]?|hlt|cli|sti|lgdt|lidt|ltr|"
+              r"lretq?|iretq?|vmgexit|vmmcall|pvalidate|invlpg|wbinvd)\b|%cr[0-8]\b|"
+              r"^\s*mov\s+\S+,%[c-gs]s\s*$")
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not installed")
 def test_snp_path_avoids_instructions_that_trap() -> None:
     """No CPUID anywhere; port I/O only in the emulated-platform doorbells; VMGEXIT/PVALIDATE
-    only in their platform wrappers; MSR access only in the GHCB/SEV_STATUS helpers."""
+    only in their platform wrappers; MSR access only in the kernel-call dispatcher."""
     assert _functions_using(r"^\s*cpuid\b") == set()
     assert _functions_using(r"^\s*(in|out)[bwl]?\s") == {"emu_doorbell", "emu_pvalidate"}
     assert _functions_using(r"^\s*vmgexit\b") == {"vmgexit"}
     assert _functions_using(r"^\s*pvalidate\b") == {"pvalidate_4k"}
-    assert _functions_using(r"^\s*(rd|wr)msr\b") <= {"snplab_main", "msr_call", "ghcb_exit",
-                                                      "ghcb_terminate", "ghcb_negotiate",
-                                                      "ghcb_establish", "psc_shared_chunk",
-                                                      "hv_guest_request", "ghcb_make_shared",
-                                                      "vcpu_terminate", "snplab_exception"}
+    assert _functions_using(r"^\s*(rd|wr)msr\b") == {"snplab_kcall"}
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not installed")
+def test_privileged_code_is_only_reached_through_the_kernel() -> None:
+    """The CPL3 part never executes a privileged instruction: they sit in kernel functions only,
+    and kernel functions are called (or jumped to) from kernel functions only; CPL3 reaches CPL0
+    through INT3 (the kernel-call gate, vector 3) and exceptions."""
+    fns = _disassembly()
+    assert KERNEL_FUNCTIONS - {"_start", "__payload_start"} <= set(fns)
+    privileged = _functions_using(PRIVILEGED)
+    assert {"snplab_main", "snplab_kcall", "enter_user", "kcall_entry"} <= privileged
+    assert privileged <= KERNEL_FUNCTIONS, privileged - KERNEL_FUNCTIONS
+    target = re.compile(r"^\s*(call|jmp|j[a-z]+)\s+[0-9a-f]+ <([^>+]+)")
+    for fn, insns in fns.items():
+        if fn in KERNEL_FUNCTIONS or fn.startswith("exc_stub_"):
+            continue
+        for i in insns:
+            m = target.match(i)
+            assert not (m and m.group(2) in KERNEL_FUNCTIONS and m.group(2) != fn), (fn, i)
+    # INT3 (the gate) from CPL3 code only: nothing the kernel calls may use it (kcall.h)
+    callers = _functions_using(r"^\s*int3\b")
+    assert {"snplab_user_main", "ghcb_terminate", "hv_guest_request"} <= callers
+    reached, todo = set(), list(KERNEL_FUNCTIONS & set(fns))
+    while todo:
+        fn = todo.pop()
+        if fn in reached:
+            continue
+        reached.add(fn)
+        todo += [m.group(2) for m in map(target.match, fns.get(fn, ())) if m and m.group(2) in fns]
+    assert "vcpu_finish" in reached and "snplab_user_main" not in reached
+    assert not callers & reached, callers & reached
 
 
 def _copy_sources(dst: Path) -> Path:

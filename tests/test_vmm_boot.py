@@ -125,14 +125,15 @@ def test_launch_sequence_and_initial_state(elf: Path) -> None:
 
 
 def test_page_tables_c_bit() -> None:
-    """Every entry carries the C-bit except the PD entries of the shared window."""
+    """Every entry carries the C-bit except the PD entries of the shared window; every entry is
+    present, writable and user-accessible (the payload computes at CPL3)."""
     c = 1 << 51
     pt = mm.page_tables(c)
     pml4, pdpt = struct.unpack_from("<Q", pt, 0)[0], struct.unpack_from("<Q", pt, 0x1000)[0]
-    assert pml4 == 0x2000 | c | 3 and pdpt == 0x3000 | c | 3
+    assert pml4 == 0x2000 | c | 7 and pdpt == 0x3000 | c | 7
     pd = struct.unpack_from("<512Q", pt, 0x2000)
     for i, e in enumerate(pd):
-        assert e & ~c == (i << 21) | 0x83
+        assert e & ~c == (i << 21) | 0x87
         assert bool(e & c) == (i not in (2, 3, 4)), i
     assert mm.page_tables(0) != pt
     with pytest.raises(GuestSetupError):

@@ -1,17 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * exc.c - IDT for vectors 0..31: record the exception in the results slot
- * (once the results area is shared) and terminate with
- * SNPLAB_TERM_EXCEPTION.  One IDT per vCPU; the vCPU is found from the
- * stack the exception frame lives on (no TSS/IST: the frame is pushed on
- * the interrupted stack).
+ * exc.c - IDT: vectors 0..31 record the exception in the results slot (once
+ * the results area is shared) and terminate with SNPLAB_TERM_EXCEPTION;
+ * vector 3 is the kernel-call gate instead (DPL3, kcall.h).  One IDT per
+ * vCPU.  An exception at CPL3 switches to the vCPU's kernel stack
+ * (TSS.RSP0), one at CPL0 stays on it; either way the frame lies in the
+ * vCPU's 16 KiB stack, which identifies the vCPU.  No IST.
  */
+#include "ghcb.h"
+#include "kcall.h"
 #include "payload.h"
 #include "platform.h"
 
 #define NR_EXC_VECTORS 32
-#define KERNEL_CS 0x08		/* the VMM's GDT (docs/contract.md) */
-#define GATE_INTERRUPT_P 0x8e
+#define KERNEL_CS 0x08		/* kernel.c's GDT and the VMM's (docs/contract.md) */
+#define GATE_INTERRUPT 0x8e	/* P, DPL0, 64-bit interrupt gate */
+#define GATE_INTERRUPT_DPL3 0xee	/* the same, reachable from CPL3 */
+#define KCALL_VECTOR 3		/* INT3 (kcall.h) */
 
 struct exc_frame {		/* pushed by start.S + the CPU */
 	uint64_t vector;
@@ -39,6 +44,7 @@ struct __attribute__((packed)) idt_ptr {
 };
 
 extern const uint64_t snplab_exc_stubs[NR_EXC_VECTORS];
+extern const char kcall_entry[];
 
 static struct idt_gate g_idt[SNPLAB_MAX_VCPUS][NR_EXC_VECTORS] __attribute__((aligned(16)));
 
@@ -49,12 +55,12 @@ void exc_install(uint32_t cpu)
 	unsigned int v;
 
 	for (v = 0; v < NR_EXC_VECTORS; v++) {
-		uint64_t a = snplab_exc_stubs[v];
+		uint64_t a = v == KCALL_VECTOR ? (uintptr_t)kcall_entry : snplab_exc_stubs[v];
 
 		idt[v].off0 = (uint16_t)a;
 		idt[v].sel = KERNEL_CS;
 		idt[v].ist = 0;
-		idt[v].type = GATE_INTERRUPT_P;
+		idt[v].type = v == KCALL_VECTOR ? GATE_INTERRUPT_DPL3 : GATE_INTERRUPT;
 		idt[v].off1 = (uint16_t)(a >> 16);
 		idt[v].off2 = (uint32_t)(a >> 32);
 		idt[v].zero = 0;
@@ -88,7 +94,7 @@ void snplab_exception(struct exc_frame *f)
 	if (cpu < 0)
 		halt_forever();
 	vc = &g_vcpu[cpu];
-	if (vc->in_exception || !vc->platform_known)
+	if (vc->in_exception || !g_platform_known)
 		halt_forever();
 	vc->in_exception = 1;
 	__asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
@@ -99,5 +105,8 @@ void snplab_exception(struct exc_frame *f)
 		vc->res->exc_cr2 = cr2;
 		vc->res->exc_valid = 1;
 	}
-	vcpu_terminate(vc, SNPLAB_TERM_EXCEPTION);
+	vcpu_finish(vc);
+	/* Directly, not through the gate: INT3 is for CPL3 (kcall.h). */
+	snplab_kcall(ghcb_msr_term_req(SNPLAB_TERM_SET, SNPLAB_TERM_EXCEPTION), 0, KCALL_TERMINATE);
+	halt_forever();
 }

@@ -1,14 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * ghcb.c - GHCB MSR protocol, GHCB page calls, page-state changes and the
- * (extended) guest request exit.  Guest only (see guest.h).
+ * (extended) guest request exit.  Guest only (see guest.h), CPL3: the MSR
+ * writes, VMGEXIT and PVALIDATE are kernel calls (kcall.h).
  *
  * Every access to the GHCB page goes through a volatile pointer: the page
  * is shared with the host, which writes it during VMGEXIT.
  */
 #include "ghcb.h"
 
-#include "platform.h"
+#include "kcall.h"
 
 /* GHCB MSR protocol (Linux arch/x86/include/asm/sev-common.h) */
 #define GHCB_MSR_INFO_MASK 0xfffULL
@@ -20,7 +21,6 @@
 #define GHCB_MSR_PSC_RESP 0x015ULL
 #define GHCB_MSR_HV_FT_REQ 0x080ULL
 #define GHCB_MSR_HV_FT_RESP 0x081ULL
-#define GHCB_MSR_TERM_REQ 0x100ULL
 #define GHCB_HV_FT_SNP (1ULL << 0)
 #define SNP_PAGE_STATE_SHARED 2ULL
 #define GHCB_PROTOCOL_MIN 1
@@ -78,10 +78,8 @@ static void g_set(volatile uint8_t *g, unsigned int off, uint64_t v)
 
 static uint64_t msr_call(struct vcpu_ctx *vc, uint64_t req)
 {
-	wrmsr(MSR_AMD64_SEV_ES_GHCB, req);
-	vmgexit(vc->platform);
 	vc->msr_holds_ghcb = 0;
-	return rdmsr(MSR_AMD64_SEV_ES_GHCB);
+	return kcall(KCALL_MSR_PROTOCOL, req, 0);
 }
 
 /* Start a GHCB page call: clear the valid bitmap, set exit code/info. */
@@ -103,11 +101,8 @@ static void ghcb_exit(struct vcpu_ctx *vc, volatile uint8_t *g)
 {
 	*(volatile uint16_t *)(g + GHCB_OFF_PROTOCOL_VERSION) = vc->ghcb_version;
 	*(volatile uint32_t *)(g + GHCB_OFF_USAGE) = 0;
-	if (!vc->msr_holds_ghcb) {
-		wrmsr(MSR_AMD64_SEV_ES_GHCB, vc->ghcb_gpa);
-		vc->msr_holds_ghcb = 1;
-	}
-	vmgexit(vc->platform);
+	kcall(KCALL_VMGEXIT, vc->ghcb_gpa, !vc->msr_holds_ghcb);
+	vc->msr_holds_ghcb = 1;
 }
 
 uint32_t ghcb_negotiate(struct vcpu_ctx *vc, uint64_t *detail)
@@ -132,13 +127,14 @@ uint32_t ghcb_negotiate(struct vcpu_ctx *vc, uint64_t *detail)
 	return SNPLAB_SETUP_OK;
 }
 
-static uint32_t rescind(struct vcpu_ctx *vc, uint64_t gpa, uint64_t *detail)
+/* PVALIDATE-rescind npages pages from gpa: one kernel call, the kernel loops
+ * (rc 0 with CF set = already not validated: fine). */
+static uint32_t rescind(uint64_t gpa, uint64_t npages, uint64_t *detail)
 {
-	uint32_t rc = pvalidate_4k(vc->platform, gpa, 0);
+	uint64_t r = kcall(KCALL_RESCIND, gpa, npages);
 
-	/* rc 0 with CF set = already not validated: fine */
-	if (rc & 0xff) {
-		*detail = gpa | rc;
+	if (r) {
+		*detail = r;	/* GPA | rc | CF << 8 of the page that failed */
 		return 1;
 	}
 	return 0;
@@ -150,7 +146,7 @@ uint32_t ghcb_establish(struct vcpu_ctx *vc, uint64_t *detail)
 	volatile uint8_t *g;
 	unsigned int i;
 
-	if (rescind(vc, vc->ghcb_gpa, detail))
+	if (rescind(vc->ghcb_gpa, 1, detail))
 		return SNPLAB_SETUP_GHCB_PVALIDATE;
 	r = msr_call(vc, GHCB_MSR_PSC_REQ | (gfn & ((1ULL << 40) - 1)) << 12 |
 			 SNP_PAGE_STATE_SHARED << 52);
@@ -212,11 +208,8 @@ static uint32_t psc_shared_chunk(struct vcpu_ctx *vc, uint64_t gpa, uint32_t n, 
 
 uint32_t ghcb_make_shared(struct vcpu_ctx *vc, uint64_t gpa, uint64_t npages, uint64_t *detail)
 {
-	uint64_t i;
-
-	for (i = 0; i < npages; i++)
-		if (rescind(vc, gpa + i * PAGE_SIZE, detail))
-			return SNPLAB_SETUP_PVALIDATE;
+	if (rescind(gpa, npages, detail))
+		return SNPLAB_SETUP_PVALIDATE;
 	while (npages) {
 		uint32_t n = npages < VMGEXIT_PSC_MAX_ENTRY ? (uint32_t)npages : VMGEXIT_PSC_MAX_ENTRY;
 		uint32_t stage = psc_shared_chunk(vc, gpa, n, detail);
@@ -249,10 +242,8 @@ void hv_guest_request(struct vcpu_ctx *vc, uint64_t exit_code, uint64_t req_gpa,
 	out->rbx = g_rd64(g, GHCB_OFF_RBX);
 }
 
-void ghcb_terminate(uint32_t platform, uint32_t set, uint32_t code)
+void ghcb_terminate(uint32_t set, uint32_t code)
 {
-	wrmsr(MSR_AMD64_SEV_ES_GHCB,
-	      GHCB_MSR_TERM_REQ | (uint64_t)(set & 0xf) << 12 | (uint64_t)(code & 0xff) << 16);
-	vmgexit(platform);
-	halt_forever();
+	for (;;)	/* the kernel halts after the exit: never returns */
+		kcall(KCALL_TERMINATE, ghcb_msr_term_req(set, code), 0);
 }

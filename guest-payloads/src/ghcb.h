@@ -21,7 +21,16 @@ uint32_t ghcb_establish(struct vcpu_ctx *vc, uint64_t *detail);
  * page-state change NAE(s) through the GHCB. */
 uint32_t ghcb_make_shared(struct vcpu_ctx *vc, uint64_t gpa, uint64_t npages, uint64_t *detail);
 
-/* GHCB MSR-protocol termination request; never returns. */
-__attribute__((noreturn)) void ghcb_terminate(uint32_t platform, uint32_t set, uint32_t code);
+#define GHCB_MSR_TERM_REQ 0x100ULL	/* Linux sev-common.h */
+
+/* The GHCB MSR value of a termination request. */
+static inline uint64_t ghcb_msr_term_req(uint32_t set, uint32_t code)
+{
+	return GHCB_MSR_TERM_REQ | (uint64_t)(set & 0xf) << 12 | (uint64_t)(code & 0xff) << 16;
+}
+
+/* GHCB MSR-protocol termination request through a kernel call (CPL3 only);
+ * never returns. */
+__attribute__((noreturn)) void ghcb_terminate(uint32_t set, uint32_t code);
 
 #endif

@@ -34,7 +34,6 @@
 
 struct vcpu_ctx {
 	uint32_t idx;
-	uint32_t platform;			/* enum snplab_platform */
 	const struct snplab_vcpu_params *vp;
 	const uint8_t *secrets;			/* secrets page (private) */
 	struct snplab_vcpu_results *res;	/* NULL until the results area is shared */
@@ -42,7 +41,6 @@ struct vcpu_ctx {
 	uint16_t ghcb_version;
 	uint8_t msr_holds_ghcb;			/* GHCB MSR already holds ghcb_gpa */
 	uint8_t in_exception;
-	uint8_t platform_known;			/* params checked: platform ops usable */
 	uint32_t cert_store_used;		/* private copy of res->cert_store_used */
 	uint32_t last_store_off;		/* the last complete copy in cert_store */
 	uint32_t last_store_len;		/* ... and its length (0 = none) */

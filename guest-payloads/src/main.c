@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * main.c - per-vCPU entry: check params, set up the GHCB, make the shared
- * window shared, run the step script, terminate.
+ * main.c - per-vCPU main at CPL3 (kernel.c drops there after boot): check
+ * params, set up the GHCB, make the shared window shared, run the step
+ * script, terminate.  Privileged operations are kernel calls (kcall.h).
  *
  * Setup order (docs/contract.md section 1): SEV_STATUS, SEV_INFO, HV
  * features, GHCB page (PVALIDATE rescind, MSR-protocol PSC, register), then
@@ -10,9 +11,9 @@
  * vCPU 0 before writing results.
  */
 #include "ghcb.h"
+#include "kcall.h"
 #include "log.h"
 #include "payload.h"
-#include "platform.h"
 #include "steps.h"
 
 /* Written by the VMM before launch (so it is measured): keep in .data. */
@@ -65,7 +66,7 @@ static int params_valid(const struct snplab_params *p, uint32_t cpu)
 	       !in_window(p, vp->private_gpa, 1);
 }
 
-void vcpu_terminate(struct vcpu_ctx *vc, uint32_t code)
+void vcpu_finish(struct vcpu_ctx *vc)
 {
 	struct snplab_vcpu_results *res = vc->res;
 	unsigned int i;
@@ -75,7 +76,12 @@ void vcpu_terminate(struct vcpu_ctx *vc, uint32_t code)
 			res->seqno_next[i] = steps_seqno_next(i);
 		log_flush(vc);
 	}
-	ghcb_terminate(vc->platform, SNPLAB_TERM_SET, code);
+}
+
+void vcpu_terminate(struct vcpu_ctx *vc, uint32_t code)
+{
+	vcpu_finish(vc);
+	ghcb_terminate(SNPLAB_TERM_SET, code);
 }
 
 static void share_results(struct vcpu_ctx *vc, uint32_t *stage, uint64_t *detail)
@@ -101,31 +107,22 @@ static void wait_results(struct vcpu_ctx *vc)
 	uint32_t spins = RESULTS_WAIT_SPINS;
 
 	while (g_results_state == RESULTS_PENDING && --spins)
-		cpu_pause();
+		__asm__ volatile("pause" ::: "memory");
 	if (g_results_state != RESULTS_READY)
 		vcpu_terminate(vc, SNPLAB_TERM_SETUP_FAILED);
 }
 
-__attribute__((noreturn)) void snplab_main(uint64_t cpu, uint64_t params_gpa, uint64_t stack_top);
+__attribute__((noreturn)) void snplab_user_main(uint64_t cpu, uint64_t params_gpa);
 
-void snplab_main(uint64_t cpu, uint64_t params_gpa, uint64_t stack_top)
+void snplab_user_main(uint64_t cpu, uint64_t params_gpa)
 {
 	const struct snplab_params *p = &snplab_params;
 	const struct snplab_vcpu_params *vp;
-	struct vcpu_ctx *vc;
+	struct vcpu_ctx *vc = &g_vcpu[cpu];	/* cpu < SNPLAB_MAX_VCPUS: kernel.c */
 	uint64_t detail = 0, sev;
 	uint32_t stage = SNPLAB_SETUP_OK, code;
 
-	if (cpu >= SNPLAB_MAX_VCPUS)
-		halt_forever();
-	g_stack_top[cpu] = stack_top;
-	exc_install((uint32_t)cpu);
-	vc = &g_vcpu[cpu];
 	vc->idx = (uint32_t)cpu;
-	if (p->platform != SNPLAB_PLATFORM_EMULATED && p->platform != SNPLAB_PLATFORM_SNP)
-		halt_forever();		/* cannot even tell how to terminate */
-	vc->platform = p->platform;
-	vc->platform_known = 1;
 	if (p->magic != SNPLAB_PARAMS_MAGIC || p->abi_version != SNPLAB_ABI_VERSION ||
 	    !params_valid(p, (uint32_t)cpu))
 		vcpu_terminate(vc, SNPLAB_TERM_BAD_PARAMS);
@@ -136,7 +133,7 @@ void snplab_main(uint64_t cpu, uint64_t params_gpa, uint64_t stack_top)
 	vc->secrets = gpa_ptr(p->secrets_gpa);
 	vc->ghcb_gpa = vp->ghcb_gpa;
 
-	sev = rdmsr(MSR_AMD64_SEV);
+	sev = kcall(KCALL_SEV_STATUS, 0, 0);
 	log_hex(vc, "sev_status", sev);
 	if (!(sev & MSR_AMD64_SEV_SNP_ENABLED)) {
 		stage = SNPLAB_SETUP_SEV_STATUS;

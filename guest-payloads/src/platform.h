@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * platform.h - the few privileged operations, chosen at run time from
- * params.platform (docs/contract.md section 2):
+ * platform.h - the few privileged operations, CPL0 only (kernel.c: the
+ * CPL3 part reaches them through kernel calls, kcall.h), chosen at run time
+ * from params.platform (docs/contract.md section 2):
  *
  *   vmgexit()    SNP: REP VMMCALL        emulated: OUT to SNPLAB_DOORBELL_PORT
  *   pvalidate()  SNP: PVALIDATE          emulated: OUT/IN on SNPLAB_PVALIDATE_PORT
@@ -17,7 +18,6 @@
 
 #define MSR_AMD64_SEV_ES_GHCB 0xc0010130u	/* Linux msr-index.h */
 #define MSR_AMD64_SEV 0xc0010131u
-#define MSR_AMD64_SEV_SNP_ENABLED (1ULL << 2)
 
 /* PVALIDATE result codes (Linux asm/sev.h) */
 #define PVALIDATE_FAIL_INPUT 1
@@ -35,11 +35,6 @@ static inline uint64_t rdmsr(uint32_t msr)
 static inline void wrmsr(uint32_t msr, uint64_t v)
 {
 	__asm__ volatile("wrmsr" : : "c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)) : "memory");
-}
-
-static inline void cpu_pause(void)
-{
-	__asm__ volatile("pause" ::: "memory");
 }
 
 __attribute__((noreturn)) static inline void halt_forever(void)

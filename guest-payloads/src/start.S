@@ -1,10 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * start.S - 64-bit entry and exception stubs.
+ * start.S - entry, the CPL0/CPL3 switches and the exception stubs.
  *
- * The VMM starts every vCPU in long mode at _start with RSP = its stack
- * top, RDI = vCPU index, RSI = GPA of snplab_params (docs/contract.md).
+ * The VMM starts every vCPU in long mode at CPL0 at _start with RSP = its
+ * stack top, RDI = vCPU index, RSI = GPA of snplab_params (docs/contract.md).
+ * The kernel part (kernel.c) sets up this vCPU's GDT, TSS and IDT and leaves
+ * for CPL3 through enter_user; from then on CPL0 is entered only through
+ * the kernel-call gate (kcall_entry, kcall.h) and the exception stubs.
  */
+#define USER_DS (0x18 | 3)
+#define USER_CS (0x20 | 3)
+#define USER_RFLAGS 0x2		/* IF = 0, IOPL = 0 */
+
 	.section .text.start, "ax"
 	.code64
 	.globl _start
@@ -17,6 +24,45 @@ _start:
 	call	snplab_main		/* (vcpu, params_gpa, stack_top), never returns */
 1:	hlt
 	jmp	1b
+
+	.text
+/*
+ * enter_user(arg0 RDI, arg1 RSI, user_rsp RDX, user_rip RCX): IRETQ to CPL3
+ * with the user segments; RDI and RSI reach the user function unchanged.
+ * user_rsp must be 16-byte aligned: the user entry (user_start) calls C.
+ */
+	.globl	enter_user
+enter_user:
+	mov	$USER_DS, %eax
+	mov	%eax, %ds
+	mov	%eax, %es
+	pushq	$USER_DS		/* SS */
+	pushq	%rdx			/* RSP */
+	pushq	$USER_RFLAGS
+	pushq	$USER_CS
+	pushq	%rcx			/* RIP */
+	iretq
+
+/* CPL3 entry: snplab_user_main(vcpu, params_gpa) never returns. */
+	.globl	user_start
+user_start:
+	xor	%ebp, %ebp
+	call	snplab_user_main
+	ud2
+
+/*
+ * Kernel call (kcall.h): INT3, vector 3, DPL3 gate.  RAX = op, RDI/RSI =
+ * arguments -> snplab_kcall(a0, a1, op); result in RAX.  The caller treats
+ * every caller-saved register as clobbered, so nothing is saved here.
+ * The CPU pushed 5 quadwords after aligning RSP to 16: RSP = 8 mod 16.
+ */
+	.globl	kcall_entry
+kcall_entry:
+	mov	%rax, %rdx
+	sub	$8, %rsp
+	call	snplab_kcall
+	add	$8, %rsp
+	iretq
 
 /* Exception stubs: push (error code or 0) and the vector, then C. */
 	.macro	EXC_NOERR vec
@@ -32,7 +78,6 @@ exc_stub_\vec:
 	jmp	exc_common
 	.endm
 
-	.text
 exc_common:
 	cld
 	mov	%rsp, %rdi		/* struct exc_frame * */

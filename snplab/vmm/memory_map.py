@@ -35,8 +35,10 @@ DEFAULT_RAM_SIZE = 0x100_0000
 MAX_VCPUS = 4
 IDENTITY_MAP_SIZE = 1 << 30   # 0-1 GiB with 2 MiB pages
 
-# Page-table entry bits.
-PTE_P, PTE_RW, PTE_PS = 1 << 0, 1 << 1, 1 << 7
+# Page-table entry bits. U/S is set at every level: the payload runs its computation at CPL3
+# (docs/contract.md §1); with CR4.SMEP/SMAP clear its CPL0 part still reaches every page.
+PTE_P, PTE_RW, PTE_US, PTE_PS = 1 << 0, 1 << 1, 1 << 2, 1 << 7
+PTE_FLAGS = PTE_P | PTE_RW | PTE_US
 
 # GDT selectors and descriptors: null, code64 0x08, data 0x10.
 CODE_SEL, DATA_SEL = 0x08, 0x10
@@ -90,18 +92,19 @@ def check_c_bit_mask(mask: int) -> None:
 
 @functools.lru_cache(maxsize=8)
 def page_tables(c_bit_mask: int) -> bytes:
-    """PML4 (0x1000), PDPT (0x2000), PD (0x3000): identity map of 0-1 GiB with 2 MiB pages, the
-    C-bit on every entry except the PD entries of the shared window [SHARED_GPA, SHARED_END)."""
+    """PML4 (0x1000), PDPT (0x2000), PD (0x3000): identity map of 0-1 GiB with 2 MiB pages, user
+    accessible, the C-bit on every entry except the PD entries of the shared window
+    [SHARED_GPA, SHARED_END)."""
     check_c_bit_mask(c_bit_mask)
     pml4 = bytearray(PAGE_SIZE)
     pdpt = bytearray(PAGE_SIZE)
-    struct.pack_into("<Q", pml4, 0, PDPT_GPA | c_bit_mask | PTE_P | PTE_RW)
-    struct.pack_into("<Q", pdpt, 0, PD_GPA | c_bit_mask | PTE_P | PTE_RW)
+    struct.pack_into("<Q", pml4, 0, PDPT_GPA | c_bit_mask | PTE_FLAGS)
+    struct.pack_into("<Q", pdpt, 0, PD_GPA | c_bit_mask | PTE_FLAGS)
     entries = []
     for i in range(512):
         gpa = i << 21
         shared = SHARED_GPA <= gpa < SHARED_END
-        entries.append(gpa | (0 if shared else c_bit_mask) | PTE_P | PTE_RW | PTE_PS)
+        entries.append(gpa | (0 if shared else c_bit_mask) | PTE_FLAGS | PTE_PS)
     pd = struct.pack("<512Q", *entries)
     return bytes(pml4) + bytes(pdpt) + pd
 
