@@ -271,16 +271,33 @@ def _scripted_npages(t: Transcript, exits: Sequence[Mapping[str, Any]],
     return None
 
 
-def invalid_len_no_write(t: Transcript) -> CheckResult:
-    """Nothing is written to the guest's certificate buffer when INVALID_LEN is returned.
+def _head_observed(t: Transcript, a: Attempt) -> bool:
+    """The guest could read the head of this attempt's certificate buffer (it lies in the
+    guest's own certificate area, not a private page or an address the script chose)."""
+    st = _scenario_step(t, a.vcpu, a.step)
+    return st is None or (st.pages != "private_certs" and st.certs_gpa is None)
 
-    The payload fills the head of its certificate buffer with one byte value before every
-    extended attempt and records it after the exit (``certs_head``): anything but a uniform fill
-    there came from the host (a table starts with a GUID, never a uniform run)."""
+
+def host_wrote_certs(t: Transcript, a: Attempt) -> bool | None:
+    """Whether the host wrote into the head of the certificate buffer during this attempt.
+
+    The payload fills the first 32 bytes of its buffer with SNPLAB_CERTS_CANARY before every
+    extended attempt and records them after the exit (``certs_head``): any other byte came from
+    the host.  None when the guest could not observe the buffer."""
+    if not a.is_ext or not _head_observed(t, a):
+        return None
+    canary = t.enums.get("snplab_canary", {}).get("SNPLAB_CERTS_CANARY")
+    if canary is None:  # a payload without the canary enum: only a non-uniform head is proof
+        return len(set(a.certs_head)) > 1
+    return any(b != canary for b in a.certs_head)
+
+
+def invalid_len_no_write(t: Transcript) -> CheckResult:
+    """Nothing is written to the guest's certificate buffer when INVALID_LEN is returned."""
     name = "invalid_len_no_write"
     problems = []
     for a in _invalid_len_attempts(t):
-        if len(set(a.certs_head)) > 1:
+        if host_wrote_certs(t, a):
             problems.append(f"{a.where}: certificate buffer written on INVALID_LEN "
                             f"(head {a.certs_head[:24].hex()})")
     return _verdict(name, problems)
@@ -501,24 +518,29 @@ def host_error_no_seqno(t: Transcript) -> CheckResult:
 
 
 def stub_no_vmm_errors(t: Transcript) -> CheckResult:
-    """The stub (6.11–6.19) never exits to the VMM and never answers INVALID_LEN or BUSY."""
+    """The stub (6.11–6.19) never exits to the VMM and never answers with a VMM error
+    (INVALID_LEN, BUSY or any other non-zero SW_EXITINFO2[63:32])."""
     name = "stub_no_vmm_errors"
     problems = [f"{a.where}: EXITINFO2={a.sw_exitinfo2:#x} on the stub ABI"
                 for a in t.all_attempts()
-                if a.vmm_error in (SNP_GUEST_VMM_ERR_INVALID_LEN, SNP_GUEST_VMM_ERR_BUSY)]
+                if a.vmm_error != 0]
     if t.cert_exits():
         problems.append(f"{len(t.cert_exits())} certificate exit(s) to the VMM on the stub ABI")
     return _verdict(name, problems)
 
 
 def stub_empty_table(t: Transcript, v: int, i: int) -> CheckResult:
-    """With RBX != 0 the stub leaves an empty certificate table (24 zero bytes), nothing else."""
+    """With RBX != 0 the stub leaves an empty certificate table (24 zero bytes), nothing else;
+    with RBX = 0 it writes nothing."""
     name = "stub_empty_table"
     s = t.step(v, i)
     problems = []
     for a in s.attempts:
         if a.is_ext and a.rbx_in and any(a.certs_head[:24]):
             problems.append(f"{a.where}: table head {a.certs_head[:24].hex()}, want 24 zero bytes")
+        if a.is_ext and not a.rbx_in and host_wrote_certs(t, a):
+            problems.append(f"{a.where}: RBX = 0 but the buffer was written (head "
+                            f"{a.certs_head[:24].hex()}); the stub writes only when RBX != 0")
     if s.certs.rstrip(b"\0"):
         problems.append(f"{s.where}: guest kept {len(s.certs)} certificate bytes from an empty "
                         "table")

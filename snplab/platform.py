@@ -30,7 +30,7 @@ from snplab.transcript import Transcript, jsonable, trim_results
 PAYLOAD_ELF = Path(__file__).resolve().parent.parent / "guest-payloads" / "build" / \
     "snplab-guest.elf"
 # DWARF enum names the transcript carries so oracles can name outcomes without a copy of them.
-TRANSCRIPT_ENUMS = ("snplab_outcome", "snplab_decrypt", "snplab_term")
+TRANSCRIPT_ENUMS = ("snplab_outcome", "snplab_decrypt", "snplab_term", "snplab_canary")
 
 _OPS = {"ext_req": "SNPLAB_OP_EXT_REQ", "req": "SNPLAB_OP_REQ",
         "terminate": "SNPLAB_OP_TERMINATE"}

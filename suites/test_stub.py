@@ -33,6 +33,7 @@ def test_zero_pages(run_scenario, abi, product, cert_blob):
     checks.assert_run_completed(t)
     checks.assert_success(t, 0, 0)
     checks.assert_stub_no_vmm_errors(t)
+    checks.assert_stub_empty_table(t, 0, 0)  # with RBX = 0: the buffer stays untouched
     checks.assert_invariants(t)
 
 

@@ -352,3 +352,40 @@ def test_run_failed_with_any_status():
     assert checks.run_failed_with(t2, None, "EINVAL", name="x").name == "x"
     assert checks.run_failed_with(t2, None, "EINVAL")
     assert not checks.run_failed_with(t, None, "EINVAL")
+
+
+def _with_canary(t: Transcript, canary: int = 0xA5) -> Transcript:
+    enums = {**t.enums, "snplab_canary": {"SNPLAB_CERTS_CANARY": canary}}
+    return Transcript(**{**t.__dict__, "enums": enums})
+
+
+def test_zeroed_buffer_on_invalid_len_is_a_write():
+    """A host that zero-fills the buffer on INVALID_LEN overwrote the guest's canary."""
+    t = _with_canary(linux_retry_run(head=bytes(32)))
+    r = checks.invalid_len_no_write(t)
+    assert r.ok is False and "written on INVALID_LEN" in r.detail
+
+
+def test_untouched_canary_on_invalid_len_is_no_write():
+    t = _with_canary(linux_retry_run(head=bytes([0xA5]) * 32))
+    assert checks.invalid_len_no_write(t).ok is not False
+    assert "invalid_len_no_write" not in names_failing(checks.invariants(t))
+
+
+def test_stub_with_zero_pages_must_not_write():
+    """Stub ABI, RBX = 0: KVM writes nothing, so a cleared buffer is a violation."""
+    sc = scenario(Step.ext(0), abi="stub")
+    for head, bad in ((bytes([0xA5]) * 32, False), (bytes(32), True)):
+        s = step([attempt(1, 0, rbx_in=0, head=head)])
+        t = _with_canary(transcript(sc, [vcpu([s], seqno_next=[3, 1, 1, 1])],
+                                    message_log=[log_entry(1, reached=True)], abi="stub"))
+        r = checks.stub_empty_table(t, 0, 0)
+        assert (r.ok is False) is bad, r.detail
+
+
+def test_stub_generic_vmm_error_is_flagged():
+    sc = scenario(Step.ext(1), abi="stub")
+    s = step([attempt(1, 0xFFFFFFFF << 32, rbx_in=1)], outcome=4)
+    t = transcript(sc, [vcpu([s])], abi="stub")
+    r = checks.stub_no_vmm_errors(t)
+    assert r.ok is False and "0xffffffff00000000" in r.detail

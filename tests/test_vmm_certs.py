@@ -197,3 +197,53 @@ def test_exclusive_lock_in_other_process_gives_eagain(tmp_path: Path, memory: Gu
     assert r.answer(v, memory, GPA, 8) == CertsAnswer(0)
     _assert_memory(memory, GPA, data)
     r.close()
+
+
+def test_blob_replaced_by_rename_while_locking_serves_the_new_file(
+        tmp_path: Path, memory: GuestMemory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An updater that renames a new blob into place between our open() and our lock leaves
+    us locking the old inode: the responder notices and serves the file now at the path."""
+    import snplab.vmm.certs as certs
+
+    path, _old = _blob(tmp_path, 5000)
+    new = bytes(reversed(_blob(tmp_path, 7000)[1]))
+    real_lock, calls = certs.lock_shared, []
+
+    def lock_then_replace(fd: int) -> bool:
+        calls.append(fd)
+        if len(calls) == 1:  # the updater wins the race once
+            (tmp_path / "next").write_bytes(new)
+            os.replace(tmp_path / "next", path)
+        return real_lock(fd)
+
+    monkeypatch.setattr(certs, "lock_shared", lock_then_replace)
+    memory.fill(0, RAM, CANARY)
+    r = CertResponder(path)
+    v = SimpleNamespace(index=0)
+    assert r.answer(v, memory, GPA, 2) == CertsAnswer(0)
+    assert len(calls) == 2
+    _assert_memory(memory, GPA, new)
+    r.complete(v)
+    r.close()
+
+
+def test_blob_replaced_on_every_try_gives_busy(
+        tmp_path: Path, memory: GuestMemory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the file keeps being replaced, the guest is told BUSY (EAGAIN), never stale bytes."""
+    import snplab.vmm.certs as certs
+
+    path, data = _blob(tmp_path, 5000)
+    real_lock = certs.lock_shared
+
+    def always_replace(fd: int) -> bool:
+        (tmp_path / "next").write_bytes(data)
+        os.replace(tmp_path / "next", path)
+        return real_lock(fd)
+
+    monkeypatch.setattr(certs, "lock_shared", always_replace)
+    memory.fill(0, RAM, CANARY)
+    r = CertResponder(path)
+    assert r.answer(SimpleNamespace(index=0), memory, GPA, 2) == CertsAnswer(errno.EAGAIN)
+    assert "replaced" in r.records[-1].reason
+    _assert_memory(memory, None, b"")
+    r.close()

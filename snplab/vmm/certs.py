@@ -197,15 +197,14 @@ class CertResponder:
 
         # auto / ENOSPC: read the blob under the shared lock.
         try:
-            fd = os.open(self.blob_path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._open_locked()
         except OSError as e:
             return done(V15_GENERIC if v15 else errno.EIO,
                         reason=f"cannot open blob {self.blob_path}: {e.strerror}")
+        if fd is None:
+            return done(V15_BUSY if v15 else errno.EAGAIN,
+                        reason="blob locked exclusively by another process, or being replaced")
         try:
-            if not lock_shared(fd):
-                os.close(fd)
-                return done(V15_BUSY if v15 else errno.EAGAIN,
-                            reason="blob locked exclusively by another process")
             blob = _read_all(fd)
         except OSError as e:
             os.close(fd)
@@ -223,6 +222,27 @@ class CertResponder:
         view[:] = blob
         view.release()
         return done(0, 0, reason="blob written", written=blob, wgpa=gpa, fd=fd)
+
+    def _open_locked(self, tries: int = 3) -> int | None:
+        """An fd of the blob holding a shared OFD lock, or None if it is locked exclusively.
+
+        An updater may replace the file by rename instead of rewriting it under the lock: then
+        the lock we got is on the old inode and its bytes are stale, so the path is checked
+        again after locking (bounded retries; None → the guest is told BUSY)."""
+        for _ in range(tries):
+            fd = os.open(self.blob_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if not lock_shared(fd):
+                    os.close(fd)
+                    return None
+                held, now = os.fstat(fd), os.stat(self.blob_path)
+            except OSError:
+                os.close(fd)
+                raise
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return fd
+            os.close(fd)  # replaced between open and lock: try the new file
+        return None
 
     def to_json(self) -> list[dict[str, Any]]:
         return [r.to_json() for r in self.records]
