@@ -13,6 +13,7 @@ from snplab.abi import ghcb as G
 from snplab.emu.ghcb import SEV_STATUS_VALUE, SNP_CBIT_POSITION
 from snplab.vmm.errors import IoctlError
 from snplab.vmm.events import KvmRunError, MapGpaRange, ReqCerts, SevTerm
+from snplab.vmm.exits import sev_term_event
 
 MALFORMED = G.GHCB_HV_RESP_MALFORMED_INPUT
 
@@ -81,9 +82,11 @@ def test_setup_converts_the_window(tmp_path: Path) -> None:
     assert e0.cur_page == 1
 
 
-@pytest.mark.parametrize("kernel,misaligned", [("newest", G.GHCB_ERR_INVALID_INPUT), ("7.0", G.GHCB_ERR_MISSING_INPUT)])
-def test_ghcb_validation_codes(tmp_path: Path, kernel: str, misaligned: int) -> None:
-    host, g = _guest(tmp_path, kernel=kernel)
+@pytest.mark.parametrize("abi,kernel,misaligned", [
+    ("req-certs", "newest", G.GHCB_ERR_INVALID_INPUT), ("req-certs", "7.0", G.GHCB_ERR_MISSING_INPUT),
+    ("vmgexit-v15", "newest", G.GHCB_ERR_MISSING_INPUT)])  # v15 is 2024-era code (errata B1)
+def test_ghcb_validation_codes(tmp_path: Path, abi: str, kernel: str, misaligned: int) -> None:
+    host, g = _guest(tmp_path, abi=abi, kernel=kernel)
     req, resp = g.req_gpa, g.resp_gpa
     assert g.ghcb_call(G.SVM_VMGEXIT_GUEST_REQUEST, req, resp, usage=1) == (MALFORMED, G.GHCB_ERR_INVALID_USAGE)
     assert g.ghcb_call(G.SVM_VMGEXIT_GUEST_REQUEST, req, resp, mark=("sw_exit_code", "sw_exit_info_1")) == \
@@ -113,18 +116,29 @@ def test_ext_request_register_checks(tmp_path: Path) -> None:
     assert (r.attempts[0].info1, r.attempts[0].info2) == (MALFORMED, G.GHCB_ERR_MISSING_INPUT)
 
 
-def test_unregistered_ghcb(tmp_path: Path) -> None:
-    host, g = _guest(tmp_path)
+@pytest.mark.parametrize("abi,kernel,fatal", [("req-certs", "newest", False), ("req-certs", "7.0", True),
+                                              ("vmgexit-v15", "newest", True)])  # errata B2
+def test_unregistered_ghcb(tmp_path: Path, abi: str, kernel: str, fatal: bool) -> None:
+    host, g = _guest(tmp_path, abi=abi, kernel=kernel)
+    assert g.ghcb_call(G.SVM_VMGEXIT_HV_FEATURES, 0, 0, rax=0xAAAA, rbx=0xBBBB) == (0, G.GHCB_HV_FT_SUPPORTED)
     other = g.private_gpa + 0x1000  # any page but the registered one
     g.mem.write(other, bytes(PAGE))
     host.rmp.set_shared(other, 1)
-    assert g.ghcb_call(G.SVM_VMGEXIT_HV_FEATURES, 0, 0, ghcb_gpa=other) == (MALFORMED, G.GHCB_ERR_NOT_REGISTERED)
-    host7, g7 = _guest(tmp_path / "k", kernel="7.0")
-    g7.mem.write(other, bytes(PAGE))
-    host7.rmp.set_shared(other, 1)
-    with pytest.raises(KvmRunError) as e:
-        g7.ghcb_call(G.SVM_VMGEXIT_HV_FEATURES, 0, 0, ghcb_gpa=other)
-    assert e.value.errno == errno.EINVAL
+    if fatal:
+        with pytest.raises(KvmRunError) as e:
+            g.ghcb_call(G.SVM_VMGEXIT_HV_FEATURES, 0, 0, rax=0x5555, ghcb_gpa=other)
+        assert e.value.errno == errno.EINVAL
+        # sev_es_sync_from_ghcb ran before the check: the page's valid bitmap is cleared
+        assert g.mem.read(other + G.GHCB_VALID_BITMAP_OFFSET, 16) == bytes(16)
+        return
+    assert g.ghcb_call(G.SVM_VMGEXIT_HV_FEATURES, 0, 0, rax=0x5555, ghcb_gpa=other) == \
+        (MALFORMED, G.GHCB_ERR_NOT_REGISTERED)
+    # this GHCB's registers were read first (RBX not valid → 0), not the previous call's
+    assert (g.ghcb_u64(G.GHCB_RAX_OFFSET, other), g.ghcb_u64(G.GHCB_RBX_OFFSET, other)) == (0x5555, 0)
+    bitmap = int.from_bytes(g.mem.read(other + G.GHCB_VALID_BITMAP_OFFSET, 16), "little")
+    want = sum(1 << G.ghcb_bitmap_idx(G.GHCB_FIELD_OFFSETS[n])
+               for n in ("rax", "rbx", "rcx", "rdx", "sw_exit_info_1", "sw_exit_info_2"))
+    assert bitmap == want, "the bitmap was cleared (sw_exit_code no longer valid) before the answer"
 
 
 def test_no_ghcb_or_unmappable_ghcb_resumes_quietly(tmp_path: Path) -> None:
@@ -175,6 +189,18 @@ def test_psc_nae_paths(tmp_path: Path) -> None:
         (MALFORMED, G.GHCB_ERR_INVALID_SCRATCH_AREA)
 
 
+@pytest.mark.parametrize("kernel,accepted", [("newest", True), ("7.0", False)])
+def test_psc_scratch_length(tmp_path: Path, kernel: str, accepted: bool) -> None:
+    """Newest KVM takes sizeof(struct psc_hdr) as the scratch length and ignores SW_EXITINFO2
+    (errata B12); 7.0 uses SW_EXITINFO2, so 0x1000 bytes from +0x800 leave the GHCB's buffer."""
+    host, g = _guest(tmp_path, kernel=kernel)
+    scratch = g.ghcb_gpa + G.GHCB_SHARED_BUF_OFFSET
+    g.mem.write(scratch, G.PscHdr(0, 0).pack() + G.PscEntry(0, 0x720, 2, 0).to_u64().to_bytes(8, "little"))
+    want = (0, 0) if accepted else (MALFORMED, G.GHCB_ERR_INVALID_SCRATCH_AREA)
+    assert g.ghcb_call(G.SVM_VMGEXIT_PSC, 0, 0x1000, scratch=scratch) == want
+    assert host.rmp.is_private(0x720000) is not accepted
+
+
 def test_psc_scratch_outside_ghcb_on_7_0(tmp_path: Path) -> None:
     host, g = _guest(tmp_path, kernel="7.0")
     desc = G.PscHdr(0, 0).pack() + G.PscEntry(0, 0x710, 2, 0).to_u64().to_bytes(8, "little")
@@ -200,14 +226,20 @@ def test_pvalidate(tmp_path: Path) -> None:
 @pytest.mark.parametrize("how", ["msr", "nae"])
 def test_termination(tmp_path: Path, how: str) -> None:
     host, g = _guest(tmp_path, setup=(how == "nae"))
+    at_exit: list[tuple[int, int]] = []  # the GHCB's exit infos as the VMM sees them at the exit
+    host.handlers[SevTerm] = lambda v, e: at_exit.append(
+        (g.ghcb_u64(G.GHCB_SW_EXIT_INFO_1_OFFSET), g.ghcb_u64(G.GHCB_SW_EXIT_INFO_2_OFFSET)))
     if how == "msr":
         g.msr_call(G.term_req(3, 4))
         want = (3, 4, G.term_req(3, 4))
     else:
-        g.ghcb_call(G.SVM_VMGEXIT_TERM_REQUEST, 3 | (4 << 4), 0)
-        want = (3, 4, g.ghcb_gpa)
+        # KVM zeroes SW_EXITINFO1/2 (svm_vmgexit_success) before the SEV_TERM exit: reason unknown
+        g.ghcb_call(G.SVM_VMGEXIT_TERM_REQUEST, 3 | (4 << 4), 7)
+        want = (-1, -1, g.ghcb_gpa)
+        assert at_exit == [(0, 0)]
     ev = host.of_kind(SevTerm)[-1]["event"]
     assert (ev.reason_set, ev.reason_code, ev.raw) == want
+    assert ev == sev_term_event(ev.raw), "the emulator's event is what the VMM decodes from a real exit"
     assert g.vcpu.status == "terminated"
 
 

@@ -81,6 +81,19 @@ def sev_term(data0: int) -> Exit:
     return Exit(setup, None, label="sev_term")
 
 
+def ghcb_sev_term(memory, ghcb_gpa: int) -> Exit:
+    """NAE 0x8000FFFE as KVM reports it: svm_vmgexit_success(svm, 0) zeroes SW_EXITINFO1/2 in the
+    mapped GHCB first, then SEV_TERM with data[0] = the GHCB GPA."""
+    inner = sev_term(ghcb_gpa)
+
+    def setup(run):
+        memory.write_u64(ghcb_gpa + 0x398, 0)  # SW_EXITINFO1
+        memory.write_u64(ghcb_gpa + 0x3A0, 0)  # SW_EXITINFO2
+        inner.setup(run)
+
+    return Exit(setup, None, label="ghcb_sev_term")
+
+
 def vmgexit_v15(gpa: int, npages: int, status: int, seen: list) -> Exit:
     def setup(run):
         run.exit_reason = uapi.KVM_EXIT_VMGEXIT_V15
@@ -220,12 +233,12 @@ def test_memory_fault_and_ghcb_termination_on_two_vcpus(tmp_path):
 
     def scripts(g, responder):
         ghcb = mm.ghcb_gpa(1)
-        g.memory.write_u64(ghcb + 0x398, 3 | (7 << 4))  # SW_EXITINFO1: reason set 3, code 7
+        g.memory.write_u64(ghcb + 0x398, 3 | (7 << 4))  # the guest's reason: set 3, code 7
         return {0: [memory_fault(mm.shared_slice(0), False, faults),  # shared access to a private page
                     memory_fault(mm.shared_slice(0), True, faults),   # and back
                     sev_term(TERM_MSR)],
                 1: [map_gpa_range(mm.shared_slice(1), 16, False, pscs),
-                    sev_term(ghcb)]}
+                    ghcb_sev_term(g.memory, ghcb)]}
 
     g, fake, responder, result = run_guest(tmp_path, scripts, nvcpus=2)
     try:
@@ -233,7 +246,10 @@ def test_memory_fault_and_ghcb_termination_on_two_vcpus(tmp_path):
         assert faults == [{"private_now": False}, {"private_now": True}]
         assert pscs[0]["ret"] == 0 and pscs[0]["shared_now"]
         terms = {e["vcpu"]: e for e in result.events.to_json() if e["kind"] == "SevTerm"}
-        assert (terms[1]["reason_set"], terms[1]["reason_code"], terms[1]["raw"]) == (3, 7, mm.ghcb_gpa(1))
+        # KVM zeroed the reason before exiting: the VMM knows only that vCPU 1 used its GHCB
+        assert (terms[1]["reason_set"], terms[1]["reason_code"], terms[1]["raw"]) == (-1, -1, mm.ghcb_gpa(1))
+        assert g.memory.read_u64(mm.ghcb_gpa(1) + 0x398) == 0
+        assert (terms[0]["reason_set"], terms[0]["reason_code"], terms[0]["raw"]) == (3, 5, TERM_MSR)
         assert [v["status"] for v in result.vcpus] == ["terminated", "terminated"]
     finally:
         g.close()

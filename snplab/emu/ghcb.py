@@ -18,10 +18,14 @@ guest-protocol.md §1–§2 and errata.md, which wins). Profiles:
 
 Error codes follow the **newest** KVM by default (``kernel="newest"``): misaligned or identical
 request/response GPAs → EXITINFO1 = 2, EXITINFO2 = 5 (INVALID_INPUT); an unregistered GHCB → 2/1
-(NOT_REGISTERED) and the guest resumes; a PSC scratch area outside the GHCB → INVALID_SCRATCH_AREA;
-MapGpaRange answers other than 0/EINVAL/EAGAIN → KVM_RUN EINVAL. ``kernel="7.0"`` plays the older
-code: 2/4 (MISSING_INPUT) for bad request pages, KVM_RUN −EINVAL for an unregistered GHCB, any
-non-zero MapGpaRange answer → PSC error, scratch outside the GHCB read with exit_info_2 as length.
+(NOT_REGISTERED) and the guest resumes; a PSC scratch area outside the GHCB → INVALID_SCRATCH_AREA,
+its length is sizeof(struct psc_hdr) (SW_EXITINFO2 ignored); MapGpaRange answers other than
+0/EINVAL/EAGAIN → KVM_RUN EINVAL. ``kernel="7.0"`` plays the older code: 2/4 (MISSING_INPUT) for bad
+request pages, KVM_RUN −EINVAL for an unregistered GHCB, any non-zero MapGpaRange answer → PSC error,
+PSC scratch length = exit_info_2 (outside the GHCB allowed). ``abi="vmgexit-v15"`` always plays the
+7.0 code (2024-era patch). In both, the GHCB is synced (registers read, valid bitmap cleared) before
+the registration check, and NAE termination zeroes SW_EXITINFO1/2 before the SevTerm exit, whose
+raw value is the GHCB GPA and whose reason is unknown (-1/-1), as a VMM decodes it on hardware.
 
 Guest pages are read and written "through the shared mapping" (``rmp.HostView``): a page the RMP
 holds as private reads as zeros and swallows writes. A request page left private therefore reaches
@@ -64,6 +68,7 @@ from snplab.vmm.events import (
     SevTerm,
     VmgexitReqCerts,
 )
+from snplab.vmm.exits import sev_term_event
 from snplab.vmm.memory import GpaOutOfRange
 
 PROFILES = ("stub", "req-certs", "vmgexit-v15")
@@ -180,7 +185,9 @@ class EmulatedKvm:
         self.rmp = rmp
         self.host = HostView(memory, rmp)
         self.abi = abi
-        self.kernel = kernel
+        # The v15 patch is 2024-era code: its version-dependent answers are the ≤7.0 ones
+        # (errata B1/B2), whatever kernel behaviour was asked for.
+        self.kernel = "7.0" if abi == "vmgexit-v15" else kernel
         self.faults = faults if isinstance(faults, FaultSet) else FaultSet(faults)
         self.cert_blob = cert_blob
         self.cpuid = cpuid
@@ -270,14 +277,9 @@ class EmulatedKvm:
         except GpaOutOfRange:
             self.stats["vmgexit-unmappable-ghcb"] += 1  # kvm_vcpu_map failed: resume the guest
             return
-        if st.registered_gpa != gpa:
-            if self.kernel == "7.0":
-                raise KvmRunError(errno.EINVAL, f"vmgexit: GHCB GPA {gpa:#x} is not registered")
-            ghcb.set_exit_info(G.GHCB_HV_RESP_MALFORMED_INPUT, G.GHCB_ERR_NOT_REGISTERED)
-            self._unmap(st, ghcb, gpa)
-            return
         bitmap = ghcb.bitmap
-        # sev_es_sync_from_ghcb: registers (0 if not valid), exit code/infos (raw), scratch
+        # sev_es_sync_from_ghcb, before the registration check: registers (0 if not valid), exit
+        # code/infos (raw), scratch; the valid bitmap is cleared in the page
         st.regs = {r: ghcb.u64(_REG_OFF[r]) if ghcb.valid(_REG_OFF[r], bitmap) else 0 for r in _REGS}
         exit_code = ghcb.u64(G.GHCB_SW_EXIT_CODE_OFFSET)
         info1 = ghcb.u64(G.GHCB_SW_EXIT_INFO_1_OFFSET)
@@ -285,6 +287,13 @@ class EmulatedKvm:
         scratch = ghcb.u64(G.GHCB_SW_SCRATCH_OFFSET) if ghcb.valid(G.GHCB_SW_SCRATCH_OFFSET, bitmap) else 0
         usage = int.from_bytes(ghcb.raw[G.GHCB_USAGE_OFFSET:G.GHCB_USAGE_OFFSET + 4], "little")
         ghcb.set_bitmap(0)
+        if st.registered_gpa != gpa:
+            if self.kernel == "7.0":
+                self._flush(ghcb, gpa)  # the bitmap was cleared in the mapped page
+                raise KvmRunError(errno.EINVAL, f"vmgexit: GHCB GPA {gpa:#x} is not registered")
+            ghcb.set_exit_info(G.GHCB_HV_RESP_MALFORMED_INPUT, G.GHCB_ERR_NOT_REGISTERED)
+            self._unmap(st, ghcb, gpa)
+            return
         self.stats[f"nae-{exit_code:#x}"] += 1
         rec = (self._record(vcpu.index, exit_code, info1)
                if exit_code in (G.SVM_VMGEXIT_GUEST_REQUEST, G.SVM_VMGEXIT_EXT_GUEST_REQUEST) else None)
@@ -307,6 +316,10 @@ class EmulatedKvm:
         touched bytes of the page go back to guest memory."""
         for r in _REGS:
             ghcb.set_field(_REG_OFF[r], st.regs[r])
+        self._flush(ghcb, gpa)
+
+    def _flush(self, ghcb: _Ghcb, gpa: int) -> None:
+        """KVM writes the mapped page directly: the touched bytes go back to guest memory."""
         for off, length in dict(ghcb.dirty).items():  # each touched range once
             self.host.write(gpa + off, ghcb.raw[off:off + length])
 
@@ -342,8 +355,10 @@ class EmulatedKvm:
         elif exit_code == G.SVM_VMGEXIT_HV_FEATURES:
             ghcb.set_exit_info(0, G.GHCB_HV_FT_SUPPORTED)
         elif exit_code == G.SVM_VMGEXIT_TERM_REQUEST:
-            reason_set, reason_code = G.nae_term_reason(info1)
-            self._terminate(vcpu, SevTerm(reason_set, reason_code, gpa))
+            # svm_vmgexit_success(svm, 0) ran before the switch: SW_EXITINFO1/2 are already 0 in
+            # the page when KVM exits with SEV_TERM, data[0] = GHCB GPA; the reason is lost.
+            self._flush(ghcb, gpa)
+            self._terminate(vcpu, sev_term_event(gpa))
         elif exit_code == G.SVM_VMGEXIT_UNSUPPORTED_EVENT:
             raise KvmRunError(errno.EINVAL, f"guest reported an unsupported event: info1={info1:#x}")
 
@@ -414,11 +429,12 @@ class EmulatedKvm:
         area_beg = ghcb_gpa + G.GHCB_SHARED_BUF_OFFSET
         area_end = ghcb_gpa + G.GHCB_RESERVED_0xFF0_OFFSET
         outside: bytearray | None = None
+        if self.kernel == "newest":
+            length = G.PSC_HDR_SIZE  # sizeof(struct psc_hdr); SW_EXITINFO2 is ignored (errata B12)
         if scratch == 0 or scratch + length > U64:
             raise _Bad(G.GHCB_ERR_INVALID_SCRATCH_AREA)
         if scratch & ~0xFFF == ghcb_gpa:
-            if scratch < area_beg or scratch + length > area_end or (
-                    self.kernel == "newest" and scratch + G.PSC_HDR_SIZE > area_end):
+            if scratch < area_beg or scratch + length > area_end:
                 raise _Bad(G.GHCB_ERR_INVALID_SCRATCH_AREA)
             base, limit = scratch - ghcb_gpa, G.GHCB_RESERVED_0xFF0_OFFSET
             buf = ghcb.raw

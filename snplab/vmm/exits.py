@@ -30,7 +30,6 @@ from snplab.vmm.events import (
     SystemEvent,
     VmgexitReqCerts,
 )
-from snplab.vmm.memory import GpaOutOfRange
 from snplab.vmm.vcpu import (
     FAIL_ENTRY,
     HALTED,
@@ -46,7 +45,6 @@ Decoder = Callable[[Vcpu, uapi.kvm_run], None]
 
 # GHCB MSR protocol termination request (guest-protocol: TERM 0x100, set [15:12], code [23:16]).
 GHCB_MSR_TERM_REQ = 0x100
-GHCB_SW_EXITINFO1_OFFSET = 0x398
 U64 = (1 << 64) - 1
 
 
@@ -99,7 +97,7 @@ def _system_event(vcpu: Vcpu, run: uapi.kvm_run) -> None:
     data = tuple(se.data[i] for i in range(ndata))
     vcpu.exit_reason = "SYSTEM_EVENT"
     if se.type == uapi.KVM_SYSTEM_EVENT_SEV_TERM:
-        ev = sev_term_event(vcpu, data[0] if data else 0)
+        ev = sev_term_event(data[0] if data else 0)
         vcpu.dispatch(ev)
         vcpu.stop(TERMINATED, _describe(ev))
         return
@@ -108,19 +106,14 @@ def _system_event(vcpu: Vcpu, run: uapi.kvm_run) -> None:
     vcpu.stop(SYSTEM_EVENT, _describe(ev2))
 
 
-def sev_term_event(vcpu: Vcpu, raw: int) -> SevTerm:
+def sev_term_event(raw: int) -> SevTerm:
     """SevTerm from KVM's SEV_TERM data[0]: the GHCB MSR value (MSR protocol) or the GHCB GPA
-    (NAE 0x8000FFFE; reason in the GHCB's SW_EXITINFO1 [3:0] set, [11:4] code)."""
+    (NAE 0x8000FFFE). For the GHCB form the reason is unknown (reason_set = reason_code = -1):
+    KVM's svm_vmgexit_success(svm, 0) zeroes SW_EXITINFO1/2 in the GHCB before it exits
+    (arch/x86/kvm/svm/sev.c; kvm-host-abi.md §1(c),(d) — errata B11 is wrong on this point)."""
     if raw & 0xFFF == GHCB_MSR_TERM_REQ:
         return SevTerm((raw >> 12) & 0xF, (raw >> 16) & 0xFF, raw)
-    mem = vcpu.guest.memory
-    try:
-        if mem is None:
-            raise GpaOutOfRange(raw, 8)
-        info1 = mem.read_u64(raw + GHCB_SW_EXITINFO1_OFFSET)
-    except GpaOutOfRange:
-        return SevTerm(-1, -1, raw)
-    return SevTerm(info1 & 0xF, (info1 >> 4) & 0xFF, raw)
+    return SevTerm(-1, -1, raw)
 
 
 def _rdmsr(vcpu: Vcpu, run: uapi.kvm_run) -> None:
