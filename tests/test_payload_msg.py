@@ -5,24 +5,12 @@ against an independent Python construction with `cryptography`: 96-byte header, 
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from elftools.elf.elffile import ELFFile
+from payload_abi import abi
 
-from snplab.payload import ensure_built, run_harness
-
-
-@lru_cache(maxsize=1)
-def abi() -> dict[str, int]:
-    """Every enumerator of the payload's DWARF (snplab_abi.h enums)."""
-    with open(ensure_built(), "rb") as f:
-        dwarf = ELFFile(f).get_dwarf_info()
-        return {die.attributes["DW_AT_name"].value.decode():
-                die.attributes["DW_AT_const_value"].value
-                for cu in dwarf.iter_CUs() for die in cu.iter_DIEs()
-                if die.tag == "DW_TAG_enumerator"}
+from snplab.payload import run_harness
 
 
 def key(n: int) -> bytes:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import pytest
-from elftools.elf.elffile import ELFFile
+from payload_abi import abi
 
-from snplab.payload import ensure_built, run_harness
+from snplab.payload import run_harness
 
 VCEK = bytes.fromhex("63da758de6644564adc5f4b93be8accd")
 ASK = bytes.fromhex("4ab7b379bbac4fe4a02f05aef327c782")
@@ -23,15 +22,6 @@ AREA = 0x410000                    # vCPU 0 certificate area (docs/contract.md m
 PRIVATE = 0x380000                 # vCPU 0 private scratch page
 INVALID_LEN, BUSY = 1 << 32, 2 << 32
 
-
-@lru_cache(maxsize=1)
-def abi() -> dict[str, int]:
-    with open(ensure_built(), "rb") as f:
-        dwarf = ELFFile(f).get_dwarf_info()
-        return {die.attributes["DW_AT_name"].value.decode():
-                die.attributes["DW_AT_const_value"].value
-                for cu in dwarf.iter_CUs() for die in cu.iter_DIEs()
-                if die.tag == "DW_TAG_enumerator"}
 
 
 def out(name: str) -> int:

@@ -437,6 +437,15 @@ def _verify(
     )
 
 
+def _presented_chain(chain: bytes | Sequence[x509.Certificate] | None
+                     ) -> _Evidence | Verdict:
+    """The certificates presented with the evidence, sorted; a Verdict if they cannot be read."""
+    try:
+        return _sort_presented(_load_chain(chain))
+    except CertLoadError as e:
+        return Verdict((Check("chain_parse", False, str(e)),), input_error=f"chain: {e}")
+
+
 def verify_report(
     report_bytes: bytes,
     vek_der: bytes | x509.Certificate | None,
@@ -449,10 +458,9 @@ def verify_report(
     `chain`: certificates presented with the evidence (PEM bundle bytes or a list): ASK/ASVK and
     optionally the ARK (which must then equal the trusted one), and optionally the VEK when
     `vek_der` is None. `at`: validity time (default NOW; None switches time checks off)."""
-    try:
-        presented = _sort_presented(_load_chain(chain))
-    except CertLoadError as e:
-        return Verdict((Check("chain_parse", False, str(e)),), input_error=f"chain: {e}")
+    presented = _presented_chain(chain)
+    if isinstance(presented, Verdict):
+        return presented
     return _verify(report_bytes, vek_der, trust, presented, at, _Checks())
 
 
@@ -463,10 +471,9 @@ def verify_vek(
     at: datetime | None | _Now = NOW,
 ) -> Verdict:
     """Chain-only verification of a VCEK/VLEK (no report): product, vek_parse, chain_*, validity."""
-    try:
-        presented = _sort_presented(_load_chain(chain))
-    except CertLoadError as e:
-        return Verdict((Check("chain_parse", False, str(e)),), input_error=f"chain: {e}")
+    presented = _presented_chain(chain)
+    if isinstance(presented, Verdict):
+        return presented
     return _verify(None, vek_der, trust, presented, at, _Checks())
 
 
