@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 
 from snplab.abi import report as rpt
 from snplab.abi.policy import GuestPolicy, PlatformInfo
-from snplab.abi.report import REPORT_SIZE, SIGNED_LENGTH, AttestationReport, ReportFormatError, SignerInfo
+from snplab.abi.report import (
+    REPORT_SIZE,
+    SIGNED_LENGTH,
+    AttestationReport,
+    ReportFormatError,
+    SignerInfo,
+)
 from snplab.abi.tcb import TcbLayout, TcbVersion, layout_for_product
 
 VECTORS = Path(os.environ.get("SNPLAB_VECTORS") or Path(__file__).resolve().parents[1].parent / "shared" / "vectors")

@@ -6,13 +6,22 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from snplab_synthetic import (
+    BUSY,
+    INVALID_LEN,
+    attempt,
+    cert_exit,
+    log_entry,
+    scenario,
+    step,
+    transcript,
+    vcpu,
+)
 
 from snplab import checks
 from snplab.abi.cert_table import ARK_GUID, ASK_GUID, VCEK_GUID, build_table
 from snplab.scenario import Step
 from snplab.transcript import Transcript
-from snplab_synthetic import (BUSY, INVALID_LEN, attempt, cert_exit, log_entry, scenario, step,
-                              transcript, vcpu)
 
 BLOB = build_table([(VCEK_GUID, b"V" * 1400), (ASK_GUID, b"S" * 1700), (ARK_GUID, b"A" * 1700)])
 NEED = -(-len(BLOB) // 4096)  # 2 pages

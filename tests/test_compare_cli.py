@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from snplab.platform import kvm_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 SELECT = "test_encoding_and_rbx and req-certs and milan"
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.kvm
 
 
 def _kvm_usable() -> bool:
-    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+    return kvm_problem() is None
 
 
 def _suite_run(reports: Path, *extra: str) -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-
 from host_fakes import make_chain, pins_for
+
 from snplab.abi import cert_table
 from snplab.abi.tcb import TcbLayout, TcbVersion
 from snplab.attest import extensions
@@ -107,10 +107,11 @@ def test_build_rejects_bad_sets(tmp_path, capsys, case, msg):
     elif case == "vcek_asvk":
         (d / "asvk.pem").write_bytes(pem(make_chain("genoa", signer="vlek").ask))
     elif case == "foreign":
+        import datetime as dt
+
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
         from host_fakes import _ec, _name
-        import datetime as dt
         k = _ec("foreign")
         c = (x509.CertificateBuilder().subject_name(_name("example.org")).issuer_name(_name("example.org"))
              .public_key(k.public_key()).serial_number(5).not_valid_before(dt.datetime(2020, 1, 1))

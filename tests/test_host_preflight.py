@@ -7,11 +7,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from host_fakes import FIXTURES, FakeHostIoctl, host_tree, make_chain, pins_for
+
 from snplab.abi.tcb import TcbLayout, TcbVersion
 from snplab.host import certs, cli, kernel_headers
-from snplab.host.preflight import DEFAULT_CERT_BLOB, HostEnv, Status, parse_cpuinfo, run_checks
+from snplab.host.preflight import (
+    DEFAULT_CERT_BLOB,
+    HostEnv,
+    Status,
+    parse_cpuinfo,
+    run_checks,
+)
 
 REPORTED_TCB = 0x5417000000000009  # fixture hosts' host.json
 CHIP = bytes(range(64))

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from sshd_fixture import inventory_toml, snplab_processes
 
+from snplab.platform import kvm_problem
+
 ROOT = Path(__file__).resolve().parents[1]
 NGUESTS = 8
 
@@ -32,11 +34,7 @@ def test_guest(ssh_platform, i):
 
 
 def kvm_usable() -> bool:
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR))
-    except OSError:
-        return False
-    return True
+    return kvm_problem() is None
 
 
 pytestmark = [pytest.mark.kvm, pytest.mark.skipif(not kvm_usable(), reason="/dev/kvm unusable")]

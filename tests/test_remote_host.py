@@ -7,7 +7,6 @@ import os
 import sys
 import zipfile
 
-
 from snplab.remote import artifact
 from snplab.remote.host import RemoteHost
 from snplab.remote.inventory import HostEntry

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from snplab.platform import default_payload_path
+from snplab.platform import default_payload_path, kvm_problem
 from snplab.remote.errors import HostUnreachable
 from snplab.remote.inventory import HostEntry
 from snplab.remote.loopback import free_port
@@ -18,11 +18,7 @@ from snplab.scenario import Scenario, Step, pages_for
 
 
 def kvm_usable() -> bool:
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR))
-    except OSError:
-        return False
-    return True
+    return kvm_problem() is None
 
 
 pytestmark = [pytest.mark.kvm, pytest.mark.skipif(not kvm_usable(), reason="/dev/kvm unusable")]

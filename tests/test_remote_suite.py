@@ -16,17 +16,15 @@ from pathlib import Path
 import pytest
 from sshd_fixture import inventory_toml, snplab_processes
 
+from snplab.platform import kvm_problem
+
 ROOT = Path(__file__).resolve().parents[1]
 SUBSET = ["suites/test_stub.py", "suites/test_certs.py", "suites/test_races.py",
           "suites/test_concurrency.py", "-k", "milan"]
 
 
 def kvm_usable() -> bool:
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR))
-    except OSError:
-        return False
-    return True
+    return kvm_problem() is None
 
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow,

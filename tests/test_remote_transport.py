@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from sshd_fixture import snplab_processes
 
-from snplab.remote.errors import AuthFailed, CommandTimeout, HostKeyChanged, HostKeyUnknown, HostUnreachable
+from snplab.remote.errors import (
+    AuthFailed,
+    CommandTimeout,
+    HostKeyChanged,
+    HostKeyUnknown,
+    HostUnreachable,
+)
 from snplab.remote.inventory import Endpoint
 from snplab.remote.loopback import free_port, public_line, write_ed25519_key
 from snplab.remote.transport import SshOptions, SshTransport, known_hosts_name

@@ -7,10 +7,10 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from snplab_synthetic import attempt, log_entry, step, transcript, vcpu
 
 from snplab.scenario import PAGES, POLICIES, Scenario, ScenarioError, Step, pages_for
 from snplab.transcript import Transcript, TranscriptError, trim_results
-from snplab_synthetic import attempt, log_entry, step, transcript, vcpu
 
 
 def test_builders_read_like_the_behaviour():

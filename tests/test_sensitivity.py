@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from snplab.platform import kvm_problem
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.kvm, pytest.mark.slow]
@@ -67,11 +69,7 @@ def _faults() -> dict:
 
 
 def _kvm_usable() -> bool:
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR))
-        return True
-    except OSError:
-        return False
+    return kvm_problem() is None
 
 
 def run_suite(tmp_path: Path, file: str, expr: str, abi: str, faults: tuple[str, ...] = ()

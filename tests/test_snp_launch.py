@@ -14,8 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "guests"))
 from guest_build import build_guest  # noqa: E402
-
 from snp_fakes import FakeSnpKvm  # noqa: E402
+
 from snplab.attest import measure  # noqa: E402
 from snplab.vmm import memory_map as mm  # noqa: E402
 from snplab.vmm import snp, uapi  # noqa: E402

@@ -13,8 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "guests"))
 from guest_build import build_guest  # noqa: E402
-
 from snp_fakes import Exit, FakeSnpKvm, _err  # noqa: E402
+
 from snplab.vmm import memory_map as mm  # noqa: E402
 from snplab.vmm import snp, uapi  # noqa: E402
 from snplab.vmm.certs import CertResponder  # noqa: E402

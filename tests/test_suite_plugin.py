@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from snplab.platform import kvm_problem
+
 pytest_plugins = ["pytester"]
 
 FAKE_CONFTEST = textwrap.dedent('''
@@ -87,13 +89,7 @@ def suite_dir(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def _kvm_usable() -> bool:
-    import os
-
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR))
-        return True
-    except OSError:
-        return False
+    return kvm_problem() is None
 
 
 pytestmark = pytest.mark.skipif(not _kvm_usable(), reason="suite tests need a usable /dev/kvm")
