@@ -183,6 +183,11 @@ class LocalPlatform:
     def transcript_extras(self, scenario: Scenario, backend: Any) -> dict[str, Any]:
         return {}
 
+    def kernel_behaviour(self, scenario: Scenario, backend: Any) -> str:
+        """The kernel generation the host plays for ``scenario`` ("" if unknown)."""
+        played = getattr(backend, "kernel", None)
+        return scenario.kernel or (played if isinstance(played, str) else "") or ""
+
     def start_updater(self, scenario: Scenario, backend: Any, blob_path: Path,
                       served: list[bytes], responder: Any,
                       guest: Any) -> Callable[[], None] | None:
@@ -310,7 +315,8 @@ class LocalPlatform:
             measurement=result.measurement.hex() if result.measurement else "",
             trust=extras.pop("trust", {}), timings=timings,
             host={**_host_facts(), "responder": responder.to_json(), **extras.pop("host", {})},
-            cert_blobs=tuple(b.hex() for b in served), enums=self._enums(guest.elf.dwarf))
+            cert_blobs=tuple(b.hex() for b in served), enums=self._enums(guest.elf.dwarf),
+            kernel_behaviour=self.kernel_behaviour(sc, backend))
 
     def _failed(self, sc: Scenario, error: str, t0: float) -> Transcript:
         return Transcript(scenario=sc, platform=self.name, abi=sc.abi, product=sc.product,
@@ -339,6 +345,7 @@ class EmulatedPlatform(LocalPlatform):
         from snplab.emu.platform import EmulatedBackend
 
         return EmulatedBackend(sc.product, sc.signer, sc.abi, sc.faults, sc.report_version,
+                               kernel=sc.kernel,
                                enable_req_certs="late" if sc.enable_req_certs_late else "early")
 
     def check_launched(self, sc: Scenario, backend: Any) -> None:

@@ -129,7 +129,7 @@ class RefHost:
     """The fake VMM: builds the emulated VM, launches it and answers the exits snplab.emu raises."""
 
     def __init__(self, tmp_path: Path, *, abi: str = "req-certs", product: str = "milan", signer: str = "vcek",
-                 faults: tuple[str, ...] = (), kernel: str = "newest", report_version: int = 5,
+                 faults: tuple[str, ...] = (), kernel: str | None = None, report_version: int = 5,
                  answers: tuple[str, ...] = (), nvcpus: int = 1, enable_req_certs: str = "early",
                  store: Any = None) -> None:
         self.backend = EmulatedBackend(product=product, signer=signer, abi=abi, faults=faults, kernel=kernel,

@@ -84,7 +84,7 @@ def test_setup_converts_the_window(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("abi,kernel,misaligned", [
     ("req-certs", "newest", G.GHCB_ERR_INVALID_INPUT), ("req-certs", "7.0", G.GHCB_ERR_MISSING_INPUT),
-    ("vmgexit-v15", "newest", G.GHCB_ERR_MISSING_INPUT)])  # v15 is 2024-era code (errata B1)
+    ("stub", "6.11-stub", G.GHCB_ERR_MISSING_INPUT)])
 def test_ghcb_validation_codes(tmp_path: Path, abi: str, kernel: str, misaligned: int) -> None:
     host, g = _guest(tmp_path, abi=abi, kernel=kernel)
     req, resp = g.req_gpa, g.resp_gpa
@@ -117,7 +117,7 @@ def test_ext_request_register_checks(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("abi,kernel,fatal", [("req-certs", "newest", False), ("req-certs", "7.0", True),
-                                              ("vmgexit-v15", "newest", True)])  # errata B2
+                                              ("vmgexit-v15", "v15", True), ("stub", "6.11-stub", True)])
 def test_unregistered_ghcb(tmp_path: Path, abi: str, kernel: str, fatal: bool) -> None:
     host, g = _guest(tmp_path, abi=abi, kernel=kernel)
     assert g.ghcb_call(G.SVM_VMGEXIT_HV_FEATURES, 0, 0, rax=0xAAAA, rbx=0xBBBB) == (0, G.GHCB_HV_FT_SUPPORTED)
