@@ -186,7 +186,8 @@ class LocalPlatform:
     def kernel_behaviour(self, scenario: Scenario, backend: Any) -> str:
         """The kernel generation the host plays for ``scenario`` ("" if unknown)."""
         played = getattr(backend, "kernel", None)
-        return scenario.kernel or (played if isinstance(played, str) else "") or ""
+        return (scenario.kernel or (played if isinstance(played, str) else "")
+                or getattr(self, "host_kernel_behaviour", None) or "")
 
     def start_updater(self, scenario: Scenario, backend: Any, blob_path: Path,
                       served: list[bytes], responder: Any,
@@ -528,6 +529,10 @@ class SnpPlatform(LocalPlatform):
         if reason:
             raise PlatformUnavailable(reason)
         self.host_abi = self._abi or (detect() if callable(detect) else None)
+        from snplab.host.kernel_generation import detect as detect_generation
+
+        self.host_kernel_behaviour: str | None = (
+            "v15" if self.host_abi == "vmgexit-v15" else detect_generation()["kernel_behaviour"])
         product = getattr(snp, "host_product", None)
         self.host_product = product() if callable(product) else None
         if self._certs_blob is None:
