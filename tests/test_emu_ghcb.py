@@ -321,3 +321,33 @@ def test_responder_lock_released_after_each_exit(tmp_path: Path) -> None:
     g.request(policy="linux")
     assert host.responder.locks_held == 0
     assert g.vcpu.completions == 2
+
+
+def test_host_view_of_private_pages_is_the_shared_backing(tmp_path: Path) -> None:
+    """D8: KVM's kvm_write_guest/kvm_read_guest of a private page go through the shared backing
+    (the memslot's userspace mapping): the host reads back what it wrote, the guest does not see
+    it while the page is private, and sees it once it converts the page to shared."""
+    host, g = _guest(tmp_path)
+    page = g.private_gpa
+    guest_bytes = g.mem.read(page, 32)
+    assert host.kvm.host.read(page, 32) == bytes(32), "a backing never written reads as zeros"
+    host.kvm.host.write(page + 8, b"\x5a" * 16)
+    assert host.kvm.host.read(page, 32) == bytes(8) + b"\x5a" * 16 + bytes(8)
+    assert g.mem.read(page, 32) == guest_bytes, "the guest's private view is untouched"
+    # the stub's 24-byte terminator into a private certificate buffer lands in the backing too
+    stub_host, stub = _guest(tmp_path / "stub", abi="stub")
+    stub.mem.write(stub.private_gpa, b"\xaa" * 32)
+    assert stub.request(pages="private_certs", npages=1).outcome == "ok"
+    assert stub.mem.read(stub.private_gpa, 32) == b"\xaa" * 32
+    assert stub_host.kvm.host.read(stub.private_gpa, 32) == bytes(32)
+    # converting the page to shared shows the guest the backing
+    assert g.msr_call(G.psc_req(page >> 12, G.SNP_PAGE_STATE_SHARED)) == G.GHCB_MSR_PSC_RESP
+    assert g.mem.read(page, 32) == bytes(8) + b"\x5a" * 16 + bytes(8)
+
+
+def test_vmm_writes_into_private_certificate_pages_reach_the_backing(tmp_path: Path) -> None:
+    host, g = _guest(tmp_path)
+    before = g.mem.read(g.private_gpa, PAGE)
+    assert g.request(pages="private_certs", npages=CERTS_MAX_PAGES).outcome == "ok"
+    assert g.mem.read(g.private_gpa, PAGE) == before
+    assert host.kvm.host.read(g.private_gpa, 64) == host.blob[:64], "the VMM's write is in the backing"

@@ -32,7 +32,7 @@ certificate exit reaches the VMM first, what KVM writes, and the kernel function
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from snplab.abi.ghcb import (GHCB_ERR_INVALID_INPUT, GHCB_ERR_INVALID_SCRATCH_AREA,
                              GHCB_ERR_MISSING_INPUT, GHCB_ERR_NOT_REGISTERED,
@@ -176,13 +176,16 @@ _MERGED_REQUEST = {
                "firmware error; SW_EXITINFO2 = SNP_GUEST_ERR(0, fw_err)"),
 }
 
+
+def _bad_pages(source: str, reason: int) -> dict[str, Rule]:
+    """Misaligned and identical request/response pages: one check in the merged kernels."""
+    return {s: Rule(GHCB_ERROR, VALIDATION, source, reason=reason)
+            for s in ("pages-misaligned", "pages-identical")}
+
+
 _OLD_VALIDATION = {
-    "pages-misaligned": Rule(
-        GHCB_ERROR, VALIDATION, "[OLD] sev_es_validate_vmgexit (reason preset to "
-        "GHCB_ERR_MISSING_INPUT)", reason=GHCB_ERR_MISSING_INPUT),
-    "pages-identical": Rule(
-        GHCB_ERROR, VALIDATION, "[OLD] sev_es_validate_vmgexit (reason preset to "
-        "GHCB_ERR_MISSING_INPUT)", reason=GHCB_ERR_MISSING_INPUT),
+    **_bad_pages("[OLD] sev_es_validate_vmgexit (reason preset to GHCB_ERR_MISSING_INPUT)",
+                 GHCB_ERR_MISSING_INPUT),
     "ghcb-unregistered": Rule(
         KVM_RUN_ERROR, VALIDATION, "[OLD] sev_handle_vmgexit (GHCB GPA != ghcb_registered_gpa)",
         errno_name="EINVAL", writes="sev_es_sync_from_ghcb ran first: the valid bitmap is cleared"),
@@ -288,21 +291,16 @@ REGISTRY: dict[str, dict[str, Rule]] = {
     },
     "7.0": {
         **_MERGED_REQUEST,
-        **{k: Rule(**{**v.__dict__, "verified": False,
-                      "note": (v.note + "; " if v.note else "") + "7.0 = [V7] on [OLD] validation "
-                              "(inferred from dates)"})
+        **{k: replace(v, verified=False, note=(v.note + "; " if v.note else "")
+                      + "7.0 = [V7] on [OLD] validation (inferred from dates)")
            if k in ("pages-misaligned", "pages-identical", "ghcb-unregistered") else v
            for k, v in _OLD_VALIDATION.items()},
         **_REQ_CERTS,
     },
     "newest": {
         **_MERGED_REQUEST,
-        "pages-misaligned": Rule(
-            GHCB_ERROR, VALIDATION, "[NEW] sev_handle_vmgexit (svm_vmgexit_bad_input("
-            "GHCB_ERR_INVALID_INPUT))", reason=GHCB_ERR_INVALID_INPUT),
-        "pages-identical": Rule(
-            GHCB_ERROR, VALIDATION, "[NEW] sev_handle_vmgexit (svm_vmgexit_bad_input("
-            "GHCB_ERR_INVALID_INPUT))", reason=GHCB_ERR_INVALID_INPUT),
+        **_bad_pages("[NEW] sev_handle_vmgexit (svm_vmgexit_bad_input(GHCB_ERR_INVALID_INPUT))",
+                     GHCB_ERR_INVALID_INPUT),
         "ghcb-unregistered": Rule(
             GHCB_ERROR, VALIDATION, "[NEW] sev_handle_vmgexit (PATCH 18/24 \"Don't terminate SNP "
             "VMs on #VMGEXIT without a registered GHCB\")", reason=GHCB_ERR_NOT_REGISTERED,

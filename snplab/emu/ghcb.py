@@ -31,17 +31,26 @@ In all of them the GHCB is synced (registers read, valid bitmap cleared) before 
 check, and NAE termination zeroes SW_EXITINFO1/2 before the SevTerm exit, whose raw value is the
 GHCB GPA and whose reason is unknown (-1/-1), as a VMM decodes it on hardware.
 
-Guest pages are read and written "through the shared mapping" (``rmp.HostView``): a page the RMP
-holds as private reads as zeros and swallows writes. A request page left private therefore reaches
-the firmware as a zero page — algo 0 — and the guest gets EXITINFO1 = 0, EXITINFO2 = 0x16
-(INVALID_PARAM) with its sequence number not consumed; certificates the VMM writes into a private
-buffer are undone after its handler returns (they went to the shared backing, which the guest
-cannot see). ``message_log`` records every guest request/extended request VMGEXIT on a registered GHCB
+Guest pages are read and written "through the shared mapping" (``rmp.HostView``, like
+``kvm_read_guest``/``kvm_write_guest``): a page the RMP holds as private is read from and written
+to its shared backing (zeros until the host writes it), never the guest's view. A request page
+left private therefore reaches the firmware as a zero page — algo 0 — and the guest gets
+EXITINFO1 = 0, EXITINFO2 = 0x16 (INVALID_PARAM) with its sequence number not consumed;
+certificates the VMM writes into a private buffer go to that backing after its handler returns
+(the guest sees them only if it converts the page to shared). What the shared backing of a
+NORMAL-launched page holds on hardware (the pre-launch plaintext) is not modelled (rmp.py). ``message_log`` records every guest request/extended request VMGEXIT on a registered GHCB
 with the request page as the host sees it, also when KVM rejects the call (docs/contract.md §5).
 
-Not emulated (answered as documented): GHCB CPUID/IOIO/MSR NAE events and AP creation get
-INVALID_EVENT; the MSR-protocol CPUID request is answered only when a ``cpuid`` callback is given;
-AP reset hold keeps the MSR unchanged. v15's uninitialised ``fw_err`` on an unaligned RAX is
+Not emulated (fidelity-review D7; answered as documented): the GHCB NAE events CPUID (0x72),
+IOIO (0x7B), MSR (0x7C), MMIO read/write (0x8000_0001/2), NMI_COMPLETE (0x8000_0003),
+AP_HLT_LOOP (0x8000_0004), AP_JUMP_TABLE (0x8000_0005) and AP_CREATION (0x8000_0013) all get
+EXITINFO1 = 2, EXITINFO2 = INVALID_EVENT (6). Real KVM handles every one of them ([OLD]
+sev_handle_vmgexit → svm_invoke_exit_handler for the SVM exit codes, explicit cases for the
+0x8000_xxxx ones; [NEW] explicit cases) and answers INVALID_EVENT only for unknown codes or
+SNP-only codes on a non-SNP VM, so a payload using one would behave differently on hardware
+(snplab's payload uses none: it reads CPUID from the CPUID page and never does port or MSR I/O on
+SNP). The MSR-protocol CPUID request is answered only when a ``cpuid`` callback is given; AP reset
+hold keeps the MSR unchanged. v15's uninitialised ``fw_err`` on an unaligned RAX is
 emulated as 0, and v15 leaving the guest's response page firmware-owned after a firmware error
 (the next request RMP-faults, AMDESE/AMDSEV#220) is not modelled.
 """
@@ -474,11 +483,14 @@ class EmulatedKvm:
         if ret == 0:
             end = min(gpa + npages * PAGE_SIZE, self.rmp.npages * PAGE_SIZE)
             if gpa < end:
+                n = (end - gpa) // PAGE_SIZE
                 with self._vm_lock:
                     if attrs & KVM_MAP_GPA_RANGE_ENCRYPTED:
-                        self.rmp.set_private(gpa, (end - gpa) // PAGE_SIZE)
+                        self.host.to_private(gpa, n)
+                        self.rmp.set_private(gpa, n)
                     else:
-                        self.rmp.set_shared(gpa, (end - gpa) // PAGE_SIZE)
+                        self.host.to_shared(gpa, n)
+                        self.rmp.set_shared(gpa, n)
         return ret
 
     def _psc_nae(self, vcpu: Any, ghcb: _Ghcb, ghcb_gpa: int, scratch: int, length: int) -> None:
