@@ -36,3 +36,14 @@ def detect(release: str | None = None, req_certs_attr: int | None = None, *,
     gen = kb.detect_generation(ver[:2] if ver else None, attr)
     basis = f"release {release}, KVM_X86_SEV_SNP_REQ_CERTS {'absent' if attr is None else attr}"
     return {"kernel_behaviour": gen, "kernel_behaviour_basis": basis, "req_certs_attr": attr}
+
+
+def host_facts(release: str | None = None) -> dict[str, Any]:
+    """The two host facts reports carry: ``kernel_behaviour_detected`` and its basis (never
+    raises: a fact that could not be got says why)."""
+    try:
+        d = detect(release)
+    except Exception as e:  # noqa: BLE001 - reported as a fact
+        return {"kernel_behaviour_detected": None, "kernel_behaviour_basis": f"not detected: {e}"}
+    return {"kernel_behaviour_detected": d["kernel_behaviour"],
+            "kernel_behaviour_basis": d["kernel_behaviour_basis"]}
