@@ -3,8 +3,10 @@
 It records every call and enforces the rules real KVM enforces (kvm-host-abi.md §1(d), §3.4–§3.6,
 errata A): INIT2 once and before vCPUs, ENABLE_REQ_CERTS before vCPUs, LAUNCH_* in order, every
 launched GFN private and backed by guest_memfd and launched once, partial LAUNCH_UPDATE progress
-written back into the struct, a CPUID page corrected once by the "firmware" (INVALID_PARAM, the
-corrected page copied to uaddr), the /dev/sev fd on every command, protected vCPU state after
+written back into the struct, a CPUID page checked by the "firmware" the way QEMU expects it to be
+(``cpuid_reject="invalid"``: refused feature bits or a 0xD.0/0xD.1 EBX other than 0x240 → INVALID_PARAM
+with the corrected page copied to uaddr; ``"always"``: the first page sent is corrected whatever it
+holds; ``"never"``), ENABLE_REQ_CERTS refused once a vCPU exists (``kvm->created_vcpus``), the /dev/sev fd on every command, protected vCPU state after
 LAUNCH_FINISH. KVM_RUN plays a per-vCPU script of exits and checks the VMM's answers at the next
 entry the way KVM completes an exit (REQ_CERTS ret, hypercall ret, immediate_exit → EINTR).
 """
@@ -25,6 +27,9 @@ from snplab.vmm.kvm import IoctlLayer
 PAGE = 4096
 SEV_RET_INVALID_PARAM = 0x16
 SEV_RET_INVALID_PAGE_STATE = 0x1A
+# CPUID bits the fake firmware refuses (QEMU sev_snp_mask_cpuid_features), written out here
+# independently of snplab.abi.cpuid_page: (function, index) → register letter → mask
+_REFUSED = {(1, None): {"c": 1 << 24}, (7, 0): {"b": 1 << 1, "d": 0xFC000000}, (0x80000008, None): {"b": 1 << 25}}
 NAMES = {v: k for k, v in vars(uapi).items() if k.startswith("KVM_") and isinstance(v, int) and v > 0xFFFF}
 
 
@@ -53,11 +58,13 @@ class Exit:
 
 
 class FakeSnpKvm(IoctlLayer):
-    def __init__(self, *, req_certs_attr: int | None = 1, partial: int = 3, cpuid_reject: bool = True,
+    def __init__(self, *, req_certs_attr: int | None = 1, partial: int = 3, cpuid_reject: str = "invalid",
                  fail_update_at: int | None = None, c_bit: int = 51, mem_attrs: bool = True) -> None:
         super().__init__()
         self.req_certs_attr = req_certs_attr
         self.partial = partial
+        if cpuid_reject not in ("invalid", "always", "never"):
+            raise ValueError(f"cpuid_reject {cpuid_reject!r}")
         self.cpuid_reject = cpuid_reject
         self.fail_update_at = fail_update_at
         self.c_bit = c_bit
@@ -80,6 +87,7 @@ class FakeSnpKvm(IoctlLayer):
         self.policy: int | None = None
         self.finished_vcpus: list[dict[str, Any]] = []
         self.cpuid_firmware: bytes | None = None
+        self.cpuid_attempts: list[bytes] = []  # CPUID pages the firmware refused
         self.maps: list[mmap.mmap] = []
         self._next = 10
 
@@ -146,14 +154,19 @@ class FakeSnpKvm(IoctlLayer):
         return 1
 
     def _kvm_get_supported_cpuid(self, fd, kind, arg, call):
-        entries = [(0, 0, 0x10, 0x68747541, 0x444D4163, 0x69746E65), (1, 0, 0xA10F11, 0x800, 0x7ED8320B, 0x178BFBFF),
-                   (0xD, 0, 0x7, 0x340, 0x340, 0), (0xD, 1, 0xF, 0, 0, 0),
-                   (0x80000000, 0, 0x80000021, 0, 0, 0), (0x8000001F, 0, 0x1B, 0x40 | self.c_bit, 0, 0),
-                   (0x40000000, 0, 0x40000001, 0x4B4D564B, 0x564B4D56, 0x4D)]
+        sig = uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+        # a Genoa-like host: TSC_DEADLINE, TSC_ADJUST, SPEC_CTRL..SSBD, VIRT_SSBD offered by KVM
+        entries = [(0, 0, 0, 0x10, 0x68747541, 0x444D4163, 0x69746E65),
+                   (1, 0, 0, 0xA10F11, 0x800, 0x7FD8320B, 0x178BFBFF),
+                   (7, 0, sig, 1, 0xF1BF07AB, 0x405FCE, 0xFC000010), (7, 1, sig, 0x20, 0, 0, 0),
+                   (0xD, 0, sig, 0x7, 0x340, 0x340, 0), (0xD, 1, sig, 0xF, 0x340, 0, 0),
+                   (0x80000000, 0, 0, 0x80000021, 0, 0, 0), (0x80000008, 0, 0, 0x3030, 0x2B91D205, 0x7F, 0),
+                   (0x8000001F, 0, 0, 0x1B, 0x40 | self.c_bit, 0, 0),
+                   (0x40000000, 0, 0, 0x40000001, 0x4B4D564B, 0x564B4D56, 0x4D)]
         arg.nent = len(entries)
-        for i, (f, idx, a, b, c, d) in enumerate(entries):
+        for i, (f, idx, flags, a, b, c, d) in enumerate(entries):
             e = arg.entries[i]
-            e.function, e.index, e.eax, e.ebx, e.ecx, e.edx = f, idx, a, b, c, d
+            e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx = f, idx, flags, a, b, c, d
         return 0
 
     def _kvm_get_device_attr(self, fd, kind, arg, call):
@@ -299,12 +312,12 @@ class FakeSnpKvm(IoctlLayer):
             if self.fail_update_at is not None and gfn * PAGE == self.fail_update_at:
                 cmd.error = SEV_RET_INVALID_PAGE_STATE
                 raise _err(errno.EIO)
-            if up.type == 6 and self.cpuid_reject and src != self.cpuid_firmware:
-                # firmware rejects: write the corrected page back to the source and fail
-                fixed = bytearray(src)
-                fixed[0x10 + 28] ^= 0x1  # entry 0: flip bit 0 of EBX
-                self.cpuid_firmware = bytes(fixed)
-                C.memmove(up.uaddr + i * PAGE, self.cpuid_firmware, PAGE)
+            fixed = self._cpuid_correction(src) if up.type == 6 else None
+            if fixed is not None:
+                # firmware rejects: the corrected page is copied back to the source, KVM fails EIO
+                self.cpuid_firmware = fixed
+                self.cpuid_attempts.append(src)
+                C.memmove(up.uaddr + i * PAGE, fixed, PAGE)
                 cmd.error = SEV_RET_INVALID_PARAM
                 raise _err(errno.EIO)
             self.launched[gfn] = (up.type, hashlib.sha384(src).hexdigest() if up.type == 1 else None)
@@ -314,6 +327,31 @@ class FakeSnpKvm(IoctlLayer):
         if up.type != 3:
             up.uaddr += n * PAGE
         return 0
+
+    def _cpuid_correction(self, src: bytes) -> bytes | None:
+        """The page the fake firmware would accept instead of ``src``, None if it accepts ``src``."""
+        if self.cpuid_reject == "never" or src == self.cpuid_firmware:
+            return None
+        if self.cpuid_reject == "always":
+            fixed = bytearray(src)
+            fixed[0x10 + 28] ^= 0x1  # entry 0: flip bit 0 of EBX
+            return bytes(fixed)
+        fixed = bytearray(src)
+        count = int.from_bytes(src[:4], "little")
+        bad = False
+        for i in range(min(count, 64)):
+            off = 0x10 + 48 * i
+            fn, idx = int.from_bytes(src[off:off + 4], "little"), int.from_bytes(src[off + 4:off + 8], "little")
+            for reg, mask in _REFUSED.get((fn, idx), _REFUSED.get((fn, None), {})).items():
+                o = off + 24 + 4 * "abcd".index(reg)
+                v = int.from_bytes(src[o:o + 4], "little")
+                if v & mask:
+                    bad = True
+                    fixed[o:o + 4] = (v & ~mask).to_bytes(4, "little")
+            if fn == 0xD and idx in (0, 1) and int.from_bytes(src[off + 28:off + 32], "little") != 0x240:
+                bad = True
+                fixed[off + 28:off + 32] = (0x240).to_bytes(4, "little")
+        return bytes(fixed) if bad else None
 
     # -- KVM_RUN -----------------------------------------------------------------------------------
     def _kvm_run(self, fd, kind, arg, call):
