@@ -518,6 +518,7 @@ class SnpPlatform(LocalPlatform):
         super().__init__(**opts)
         self._ioctl = ioctl
         self._headers_root = headers_root
+        self.last_backend: Any = None
         if ioctl is None:
             problem = kvm_problem()
             if problem:
@@ -535,8 +536,10 @@ class SnpPlatform(LocalPlatform):
                                       "on an SNP host")
 
     def make_backend(self, sc: Scenario) -> Any:
-        return self._snp.SnpBackend(abi=sc.abi, ioctl=self._ioctl, headers_root=self._headers_root,
-                                    enable_req_certs="late" if sc.enable_req_certs_late else "early")
+        backend = self._snp.SnpBackend(abi=sc.abi, ioctl=self._ioctl, headers_root=self._headers_root,
+                                       enable_req_certs="late" if sc.enable_req_certs_late else "early")
+        self.last_backend = backend  # the bringup reads its command record even when setup failed
+        return backend
 
     def guest_io(self, backend: Any) -> Any:
         return self._ioctl

@@ -173,19 +173,7 @@ def test_log_predicts_what_kvm_measured(launched):
     log = {"updates": [r.to_json() for r in g.launch_log], "vcpus": [s.to_json() for s in g.vcpu_states]}
     from_log = measure.predict_measurement(measure.launch_log_from_json(log))
 
-    updates = [{"gpa": gfn * 4096, "page_type": t, "npages": 1, **({"sha384": d} if d else {})}
-               for gfn, (t, d) in sorted(fake.launched.items())]
-    vcpus = []
-    for v in fake.finished_vcpus:
-        regs = uapi.kvm_regs.from_buffer_copy(v["regs"])
-        sregs = uapi.kvm_sregs.from_buffer_copy(v["sregs"])
-        seg = lambda s: {n: getattr(s, n) for n, _ in uapi.kvm_segment._fields_}  # noqa: E731
-        vcpus.append({"regs": {n: getattr(regs, n) for n, _ in uapi.kvm_regs._fields_},
-                      "sregs": {**{n: seg(getattr(sregs, n)) for n in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")},
-                                "gdt": {"base": sregs.gdt.base, "limit": sregs.gdt.limit},
-                                "idt": {"base": sregs.idt.base, "limit": sregs.idt.limit},
-                                "cr0": sregs.cr0, "cr3": sregs.cr3, "cr4": sregs.cr4, "efer": sregs.efer}})
-    from_kvm = measure.predict_measurement(measure.launch_log_from_json({"updates": updates, "vcpus": vcpus}))
+    from_kvm = measure.predict_measurement(measure.launch_log_from_json(fake.measured_launch_log()))
     assert from_log == from_kvm
     assert g.launcher.measurement is None  # real KVM does not expose the digest
 
