@@ -120,6 +120,8 @@ def encode_scenario(params: Any, dwarf: Any, scenario: Scenario) -> None:
                 f |= flags["SNPLAB_STEP_NO_RAX_VALID"]
             if s.no_rbx_valid:
                 f |= flags["SNPLAB_STEP_NO_RBX_VALID"]
+            if s.term_ghcb:
+                f |= flags["SNPLAB_STEP_TERM_GHCB"]
             vp["steps"][i].assign({
                 "op": ops[_OPS[s.op]], "policy": policies[_POLICIES[s.policy]],
                 "msg_type": s.msg_type, "msg_version": s.msg_version, "vmpck": s.vmpck,

@@ -444,13 +444,15 @@ class FakeSnpGuest:
     6.11 stub's 24 zero bytes on stub), has "firmware" sign reports with the emulated platform's
     keys over the digest of what KVM was handed (``measured_launch_log``), writes
     ``snplab_results`` the way the payload does, and terminates through the GHCB MSR protocol
-    (KVM_SYSTEM_EVENT SEV_TERM). Only the ``none`` retry policy and normal pages are played.
+    (KVM_SYSTEM_EVENT SEV_TERM; a scripted ``terminate(ghcb=True)`` step as the NAE form, data[0] =
+    the GHCB GPA). Only the ``none`` retry policy and normal pages are played.
 
     ``fail_at`` breaks one thing for tests of the callers: ``"req"``/``"ext_req"`` (the firmware
     returns INVALID_PARAM), ``"measurement"`` (a wrong MEASUREMENT), ``"entry"`` (the vCPU never
     reaches C: KVM_RUN fails with EFAULT, as a triple fault in the entry path would),
     ``"invalid_len"``/``"busy"`` (KVM turns the VMM's ENOSPC/EAGAIN into GENERIC), ``"sev_term"``
-    (the guest ends in a SHUTDOWN system event instead of SEV_TERM)."""
+    (the guest ends in a SHUTDOWN system event instead of SEV_TERM), ``"sev_term_ghcb"`` (a GHCB
+    NAE termination is reported like the MSR form)."""
 
     def __init__(self, elf: str | os.PathLike[str], product: str = "milan", *, fail_at: str | None = None) -> None:
         from snplab.emu.platform import EmulatedBackend
@@ -504,11 +506,17 @@ class FakeSnpGuest:
         vr["started"], vr["ghcb_version"] = 1, 2
         store_used = 0
         nsteps = int(vp["nsteps"])
+        term = 0x100 | (3 << 12)  # GHCB MSR termination request, reason set 3, code 0 (done)
         for i in range(nsteps):
             st = vp["steps"][i]
             op = int(st["op"])
             if op == ops["SNPLAB_OP_TERMINATE"]:
                 vr["nsteps"] = i + 1
+                code = int(st["vmpl"]) & 0xFF or 4  # SNPLAB_TERM_SCRIPTED
+                term = 0x100 | (3 << 12) | (code << 16)
+                if int(st["flags"]) & self.dwarf.enum("snplab_step_flags")["SNPLAB_STEP_TERM_GHCB"] and \
+                        self.fail_at != "sev_term_ghcb":
+                    term = int(vp["ghcb_gpa"])  # NAE form: KVM reports the GHCB GPA
                 break
             ext = op == ops["SNPLAB_OP_EXT_REQ"]
             certs_gpa = int(vp["certs_gpa"]) + int(st["certs_gpa_offset"])
@@ -571,7 +579,6 @@ class FakeSnpGuest:
         for k in range(4):
             vr["seqno_next"][k] = self.seqno[k]
         vr["finished"] = 1
-        term = 0x100 | (3 << 12)  # GHCB MSR termination request, reason set 3, code 0 (done)
 
         def term_setup(run):
             run.exit_reason = uapi.KVM_EXIT_SYSTEM_EVENT

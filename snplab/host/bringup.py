@@ -392,8 +392,19 @@ class Bringup:
                          f"{term[0].get('reason_code')})" if ok else f"vCPU 0 {v0.get('status')}: {v0.get('reason')}"):
             return
 
-        self._add("sev_term_ghcb", SKIPPED, "the payload terminates through the GHCB MSR protocol only; the NAE "
-                                            "form (data[0] = GHCB GPA) is decoded by the VMM but no guest here sends it")
+        # 4. SEV_TERM through the GHCB page (NAE 0x8000FFFE): KVM zeroes SW_EXITINFO1/2 and reports
+        # data[0] = the GHCB GPA, so only the GPA can be checked (the reason is lost)
+        from snplab.vmm import memory_map as mm
+
+        t, _, _ = self._run(Scenario.single(abi, product, Step.terminate(ghcb=True),
+                                            name="bringup/sev-term-ghcb"))
+        v0 = t.vcpus[0] if t.vcpus else {}
+        term = [e for e in t.events if e.get("kind") == "SevTerm"]
+        want = mm.ghcb_gpa(0)
+        ok = v0.get("status") == "terminated" and bool(term) and term[0].get("raw") == want
+        self._add("sev_term_ghcb", PASS if ok else FAIL,
+                  f"KVM_SYSTEM_EVENT(SEV_TERM) data[0] = {want:#x} (vCPU 0's GHCB GPA)" if ok else
+                  f"vCPU 0 {v0.get('status')}: {v0.get('reason')}; want SEV_TERM with data[0] = GHCB GPA {want:#x}")
 
 
 def run_bringup(*, certs_blob: str, trust_dir: str | None = None, payload: str | None = None,
