@@ -80,7 +80,15 @@ def cmd_bringup(args: argparse.Namespace) -> int:
     except BringupError as e:
         _err(f"bringup: {e}")
         return EXIT_FAIL
-    md, js = write_record(record, args.out)
+    except OSError as e:  # e.g. an unreadable blob or payload
+        _err(f"bringup: {e}")
+        return EXIT_INPUT
+    try:
+        md, js = write_record(record, args.out)
+    except OSError as e:
+        print(record.markdown())
+        _err(f"bringup: cannot write the record to {args.out}: {e.strerror or e}")
+        return EXIT_INPUT
     print(json.dumps(record.to_json(), indent=1) if args.json else record.markdown())
     print(f"record: {md} {js}")
     return EXIT_OK if record.failed is None else EXIT_FAIL
@@ -304,17 +312,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                     "platform, and exits 1 with one line if this host cannot run SNP guests.",
         epilog="exit status: 0 every item passed or was skipped, 1 an item failed or this is not an SNP "
                "host, 2 bad input")
-    bu.add_argument("--certs-blob", default=os.environ.get("SNPLAB_CERT_BLOB", "/var/lib/snplab/cert-blob.bin"),
+    bu.add_argument("--certs-blob", metavar="FILE", default=os.environ.get("SNPLAB_CERT_BLOB", "/var/lib/snplab/cert-blob.bin"),
                     help="the host's certificate blob (default $SNPLAB_CERT_BLOB or /var/lib/snplab/cert-blob.bin)")
-    bu.add_argument("--trust-dir", help="AMD ARK/ASK/ASVK PEMs to verify reports against (default: AMD's "
+    bu.add_argument("--trust-dir", metavar="DIR", help="AMD ARK/ASK/ASVK PEMs to verify reports against (default: AMD's "
                                         "pinned ARK, chain taken from the served blob)")
-    bu.add_argument("--out", default="reports/bringup", help="where the .md and .json record go "
+    bu.add_argument("--out", metavar="DIR", default="reports/bringup", help="where the .md and .json record go "
                                                              "(default reports/bringup)")
     bu.add_argument("--product", choices=("milan", "genoa", "turin"), help="CPU product if /proc/cpuinfo "
                                                                            "does not tell")
     bu.add_argument("--abi", choices=("stub", "req-certs", "vmgexit-v15"),
                     help="force the ABI profile instead of detecting it")
-    bu.add_argument("--payload", help="guest payload ELF (default: the built one)")
+    bu.add_argument("--payload", metavar="ELF", help="guest payload ELF (default: the built one)")
     bu.add_argument("--json", action="store_true", help="print the JSON record instead of the Markdown")
     bu.set_defaults(func=cmd_bringup)
 
