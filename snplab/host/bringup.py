@@ -196,7 +196,9 @@ class BringupRecord:
         f = self.failed
         skipped = sum(r.status == SKIPPED for r in self.items)
         lines += ["", f"Stopped at **{f.item.id}**: {f.ioctl or f.evidence}" if f else
-                  (f"Every item passed ({skipped} skipped, see evidence)." if self.ok else "Not every item ran."), ""]
+                  (("Every item passed." if not skipped else f"Every item passed or was skipped ({skipped} "
+                                                            f"skipped, see evidence).") if self.ok else
+                   "Not every item ran."), ""]
         return "\n".join(lines)
 
 
@@ -285,7 +287,10 @@ class Bringup:
         for item in ITEM_IDS[:8]:
             mine = [c for c in calls if c.item == item]
             if item == fatal_item:
-                return self._add(item, FAIL, f"run error: {t.error}" if fatal is None else "",
+                failed = [c for c in getattr(backend, "commands", ()) if c.rc < 0]
+                where = ", ".join(f"{k} {v:#x}" if k == "gpa" else f"{k} {v}"
+                                  for k, v in (failed[-1].detail.items() if failed else ()))
+                return self._add(item, FAIL, f"run error: {t.error}" if fatal is None else where,
                                  fatal.describe() if fatal is not None else None)
             if item == "enable_req_certs" and abi != "req-certs":
                 self._add(item, SKIPPED, f"profile {abi}: the kernel has no certificate exit to enable")
