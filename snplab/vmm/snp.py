@@ -37,7 +37,6 @@ from __future__ import annotations
 import ctypes as C
 import errno
 import os
-import struct
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
