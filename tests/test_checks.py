@@ -424,3 +424,18 @@ def test_v15_unaligned_certificate_gpa_accepts_any_firmware_bits():
         t = transcript(sc, [vcpu([s], seqno_next=[1, 1, 1, 1])], blob=BLOB)
         assert checks.expect_kernel_answer(t, 0, 0).ok is ok
     assert checks.cert_exits_match_requests(t), "no certificate exit is expected on v15 here"
+
+
+def test_v15_late_page_check_yields_to_the_vmm_answer():
+    """On v15 the pages are checked after the certificate exit: when the VMM answered ENOSPC
+    the guest rightly sees INVALID_LEN, not GENERIC."""
+    sc = scenario(Step.ext(1, pages="misaligned_req"), abi="vmgexit-v15")
+    s = step([attempt(1, 1 << 32, rbx_in=1, rbx_out=NEED)], outcome=2)
+    t = transcript(sc, [vcpu([s], seqno_next=[1, 1, 1, 1])], blob=BLOB,
+                   events=[{**cert_exit(1, 1, NEED), "kind": "VmgexitReqCerts"}])
+    r = checks.expect_kernel_answer(t, 0, 0)
+    assert r.ok is True and "vmm-enospc" in r.detail, r.message
+    s = step([attempt(1, 0x80000000 << 32, rbx_in=NEED)], outcome=5)
+    t = transcript(sc, [vcpu([s], seqno_next=[1, 1, 1, 1])], blob=BLOB,
+                   events=[{**cert_exit(NEED, 0, 0), "kind": "VmgexitReqCerts"}])
+    assert checks.expect_kernel_answer(t, 0, 0).ok is True
