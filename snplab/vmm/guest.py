@@ -31,15 +31,8 @@ from snplab.vmm.handlers import EventLog, HandlerRegistry
 from snplab.vmm.kvm import DEFAULT_IOCTL, IoctlLayer, Kvm, VmFd
 from snplab.vmm.launch import Launcher, LaunchRecord, PageType, PlainLauncher, VcpuInitState
 from snplab.vmm.memory import GpaOutOfRange, GuestMemory
-from snplab.vmm.vcpu import (
-    CRASH_STATUSES,
-    OK_STATUSES,
-    STOPPED,
-    TIMEOUT,
-    Vcpu,
-    ensure_kick_handler,
-    install_kick_handler,
-)
+from snplab.vmm.status import CRASH_STATUSES, OK_STATUSES, STOPPED, TIMEOUT
+from snplab.vmm.vcpu import Vcpu, ensure_kick_handler, install_kick_handler
 from snplab.vmm.watchdog import WATCHDOG
 
 PARAMS_SYMBOL = "snplab_params"
