@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from snplab import reporting
 from snplab.scenario import Scenario
-from snplab.transcript import Transcript, jsonable, trim_results
+from snplab.transcript import RESULTS_COUNTED_ARRAYS, Transcript, jsonable, trim_results
 
 PAYLOAD_ELF = Path(__file__).resolve().parent.parent / "guest-payloads" / "build" / \
     "snplab-guest.elf"
@@ -201,7 +201,11 @@ class LocalPlatform:
             return self._cache.setdefault(key, value)
 
     def payload_path(self) -> Path:
-        return self._payload if self._payload is not None else default_payload_path()
+        """The payload ELF: the one given, else the built default (built or checked for staleness
+        once per platform, not per guest)."""
+        if self._payload is not None:
+            return self._payload
+        return self._cached(("default-payload",), default_payload_path)
 
     def _write_blob(self, blob: bytes) -> Path:
         path = self._tmp / f"certs-{uuid.uuid4().hex}.bin"
@@ -290,7 +294,7 @@ class LocalPlatform:
 
     def _transcript(self, sc: Scenario, guest: Any, result: Any, backend: Any,
                     served: list[bytes], responder: Any, t0: float, t_setup: float) -> Transcript:
-        raw = result.results
+        raw = result.results_in_use(RESULTS_COUNTED_ARRAYS)
         results = trim_results(raw) if isinstance(raw, Mapping) else {}
         launch_log = {"updates": [r.to_json() for r in result.launch_log],
                       "vcpus": [s.to_json() for s in guest.vcpu_states]}

@@ -76,8 +76,13 @@ KERNELS = ("newest", "7.0")
 
 DOORBELL_PORT = 0xE0  # snplab_abi.h SNPLAB_DOORBELL_PORT
 PVALIDATE_PORT = 0xE4  # SNPLAB_PVALIDATE_PORT
+PVALIDATE_RANGE_PORT = 0xE8  # SNPLAB_PVALIDATE_RANGE_PORT
 PVAL_2M = 1 << 0
 PVAL_VALIDATE = 1 << 1
+PVAL_RANGE_VALIDATE = 1 << 0  # enum snplab_pvalidate_range
+PVAL_RANGE_COUNT_SHIFT = 1
+PVAL_RANGE_MAX_PAGES = 2048
+PVAL_RANGE_INDEX_SHIFT = 12
 
 # include/uapi/linux/kvm_para.h / kvm.h
 KVM_MAP_GPA_RANGE_ENCRYPTED = 1 << 4
@@ -242,10 +247,11 @@ class EmulatedKvm:
         if ev.port == DOORBELL_PORT and ev.direction == "out":
             self.vmgexit(vcpu)
             return None
-        if ev.port == PVALIDATE_PORT:
+        if ev.port in (PVALIDATE_PORT, PVALIDATE_RANGE_PORT):
             st = self.state(vcpu.index)
             if ev.direction == "out":
-                st.pvalidate_result = self.pvalidate(ev.value)
+                run = self.pvalidate if ev.port == PVALIDATE_PORT else self.pvalidate_range
+                st.pvalidate_result = run(ev.value)
                 return None
             return st.pvalidate_result
         return None
@@ -257,6 +263,22 @@ class EmulatedKvm:
             rc, cf = self.rmp.pvalidate(gpa, bool(arg & PVAL_2M), bool(arg & PVAL_VALIDATE))
         self.stats["pvalidate"] += 1
         return rc | (int(cf) << 8)
+
+    def pvalidate_range(self, arg: int) -> int:
+        """The range doorbell (snplab_abi.h ``snplab_pvalidate_range``), the emulated stand-in for
+        the guest's loop of 4K PVALIDATE instructions: ``arg`` = GPA[31:12] | (npages − 1) << 1 |
+        VALIDATE; each page gets exactly a single PVALIDATE's RMP checks, in order, up to the first
+        rc ≠ 0. Result 0, or rc | CF << 8 | the failing page's index << 12."""
+        gpa = arg & ~0xFFF & 0xFFFF_FFFF
+        npages = ((arg >> PVAL_RANGE_COUNT_SHIFT) & (PVAL_RANGE_MAX_PAGES - 1)) + 1
+        with self._vm_lock:
+            failed = self.rmp.pvalidate_run(gpa, npages, bool(arg & PVAL_RANGE_VALIDATE))
+        self.stats["pvalidate_range"] += 1
+        self.stats["pvalidate"] += npages if failed is None else failed[0] + 1
+        if failed is None:
+            return 0
+        index, rc, cf = failed
+        return rc | (int(cf) << 8) | index << PVAL_RANGE_INDEX_SHIFT
 
     # ---- #VMGEXIT ------------------------------------------------------------------------------
 
@@ -319,9 +341,16 @@ class EmulatedKvm:
         self._flush(ghcb, gpa)
 
     def _flush(self, ghcb: _Ghcb, gpa: int) -> None:
-        """KVM writes the mapped page directly: the touched bytes go back to guest memory."""
-        for off, length in dict(ghcb.dirty).items():  # each touched range once
-            self.host.write(gpa + off, ghcb.raw[off:off + length])
+        """KVM writes the mapped page directly: the touched bytes go back to guest memory (each
+        run of overlapping or adjacent touched ranges in one write)."""
+        spans: list[list[int]] = []
+        for off, length in sorted(ghcb.dirty):
+            if spans and off <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], off + length)
+            else:
+                spans.append([off, off + length])
+        for lo, hi in spans:
+            self.host.write(gpa + lo, ghcb.raw[lo:hi])
 
     def _validate(self, exit_code: int, info1: int, info2: int, usage: int, bitmap: int, ghcb: _Ghcb) -> None:
         if usage != G.GHCB_DEFAULT_USAGE:

@@ -2,7 +2,8 @@
 SEV-SNP parts — KVM's GHCB handling (ghcb.py) and the PSP (psp.py) — run in Python.
 
 Wiring (docs/contract.md §2–§4): the GHCB MSR 0xC0010130 and SEV_STATUS 0xC0010131 are routed to
-userspace with an MSR filter; ports 0xE0 (VMGEXIT) and 0xE4 (PVALIDATE) are doorbells; the MSR,
+userspace with an MSR filter; ports 0xE0 (VMGEXIT), 0xE4 (PVALIDATE) and
+0xE8 (a run of 4K PVALIDATEs) are doorbells; the MSR,
 doorbell handlers are ``EmulatedKvm``'s; the launcher is the ``EmulatedPsp``. The emulated KVM
 raises the same exit events real KVM gives the VMM (``ReqCerts``, ``VmgexitReqCerts``,
 ``MapGpaRange``, ``SevTerm``) and the VMM's own handlers answer them: ``register_handlers`` adds
@@ -24,7 +25,7 @@ from typing import Any
 from snplab.abi.policy import PLATFORM_INFO_SMT_EN
 from snplab.abi.tcb import TcbVersion
 from snplab.emu.faults import FaultSet
-from snplab.emu.ghcb import DOORBELL_PORT, PROFILES, PVALIDATE_PORT, EmulatedKvm
+from snplab.emu.ghcb import DOORBELL_PORT, PROFILES, PVALIDATE_PORT, PVALIDATE_RANGE_PORT, EmulatedKvm
 from snplab.emu.keys import (
     KeyStore,
     PlatformKeys,
@@ -170,7 +171,7 @@ class EmulatedBackend:
 
         self.new_vm(guest.memory, guest.memory.end, _cpuid_lookup(guest))
         enable_user_msr(guest.vm, (GHCB_MSR, SEV_STATUS_MSR))
-        guest.doorbell_ports.update((DOORBELL_PORT, PVALIDATE_PORT))
+        guest.doorbell_ports.update((DOORBELL_PORT, PVALIDATE_PORT, PVALIDATE_RANGE_PORT))
 
     def launcher(self, guest: Any) -> EmulatedPsp:
         return self._current().psp
