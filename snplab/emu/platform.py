@@ -17,7 +17,6 @@ marked "snplab emulated (not AMD)" (keys.py).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -99,7 +98,6 @@ class EmulatedBackend:
                                  vlek if vlek is not None else vcek)
         self._vcek, self._vlek, self._csp_id = vcek, vlek, csp_id
         self.vm: EmulatedVm | None = None
-        self._trust_dir: Path | None = None
 
     # ---- accessors ----------------------------------------------------------------------------
 
@@ -107,13 +105,10 @@ class EmulatedBackend:
         """The certificate table this host serves: VCEK/VLEK, ASK/ASVK, ARK (emulated)."""
         return self.keys.cert_table()
 
-    def trust_dir(self, directory: str | os.PathLike[str] | None = None) -> Path:
-        """A directory holding the emulated ARK/ASK/ASVK PEMs for this product."""
-        if directory is not None:
-            return self.keys.write_trust_dir(directory)
-        if self._trust_dir is None:
-            self._trust_dir = self.keys.write_trust_dir(tempfile.mkdtemp(prefix="snplab-emu-trust-"))
-        return self._trust_dir
+    def trust_dir(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the emulated ARK/ASK/ASVK PEMs for this product into ``directory`` (the caller
+        owns it: a run's directory or a test's tmp_path; nothing goes to the system temp dir)."""
+        return self.keys.write_trust_dir(directory)
 
     def _current(self) -> EmulatedVm:
         if self.vm is None:
