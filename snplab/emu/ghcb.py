@@ -95,6 +95,21 @@ SEV_STATUS_VALUE = G.MSR_AMD64_SEV_ENABLED | G.MSR_AMD64_SEV_ES_ENABLED | G.MSR_
 SNP_CBIT_POSITION = 51  # CPUID 0x8000001F EBX[5:0] on Milan/Genoa/Turin
 U64 = (1 << 64) - 1
 
+# struct psc_entry as a raw u64 (the fields of G.PscEntry): cur_page [11:0], gfn [51:12],
+# operation [55:52], pagesize [56]
+_U64 = struct.Struct("<Q")
+_PSC_CUR_PAGE = 0xFFF
+_PSC_2M = 1 << 56
+
+
+def _psc_gfn(e: int) -> int:
+    return (e >> 12) & ((1 << 40) - 1)
+
+
+def _psc_op(e: int) -> int:
+    return (e >> 52) & 0xF
+
+
 _REGS = ("rax", "rbx", "rcx", "rdx")
 _REG_OFF = {"rax": G.GHCB_RAX_OFFSET, "rbx": G.GHCB_RBX_OFFSET, "rcx": G.GHCB_RCX_OFFSET,
             "rdx": G.GHCB_RDX_OFFSET}
@@ -476,15 +491,16 @@ class EmulatedKvm:
                 raise KvmRunError(errno.EFAULT, f"PSC scratch {scratch:#x}+{length:#x} unreadable") from None
             base, limit, buf = 0, length, outside
 
-        def entry(i: int) -> G.PscEntry:
+        # Entries are handled as raw u64s (layout: G.PscEntry) — this loop runs for every page
+        # the guest converts, and building an object per look would dominate its cost.
+        def entry(i: int) -> int:
             off = base + G.PSC_HDR_SIZE + G.PSC_ENTRY_SIZE * i
-            raw = bytes(buf[off:off + 8]) if off + 8 <= limit else bytes(8)  # past the area: zeros
-            return G.PscEntry.from_u64(int.from_bytes(raw, "little"))
+            return _U64.unpack_from(buf, off)[0] if off + 8 <= limit else 0  # past the area: zeros
 
-        def put_entry(i: int, e: G.PscEntry) -> None:
+        def put_entry(i: int, value: int) -> None:
             off = base + G.PSC_HDR_SIZE + G.PSC_ENTRY_SIZE * i
             if off + 8 <= limit:
-                buf[off:off + 8] = e.to_u64().to_bytes(8, "little")
+                _U64.pack_into(buf, off, value)
                 if outside is None:
                     ghcb.touch(off, 8)
 
@@ -509,13 +525,13 @@ class EmulatedKvm:
             npages, gfn, huge = 0, 0, False
             while idx <= idx_end:
                 start = entry(idx)
-                gfn, huge = start.gfn, bool(start.pagesize)
+                start_cur, gfn, huge = start & _PSC_CUR_PAGE, _psc_gfn(start), bool(start & _PSC_2M)
                 npages = 512 if huge else 1
-                if start.cur_page > npages or gfn % npages:
+                if start_cur > npages or gfn % npages:
                     return complete(G.VMGEXIT_PSC_ERROR_INVALID_ENTRY)
-                if start.cur_page:
-                    npages -= start.cur_page
-                    gfn += start.cur_page
+                if start_cur:
+                    npages -= start_cur
+                    gfn += start_cur
                     huge = False
                 if npages:
                     break
@@ -524,24 +540,25 @@ class EmulatedKvm:
                 set_cur(cur)
             if idx > idx_end:
                 return complete(0)
+            op, start_2m, start_gfn = _psc_op(start), bool(start & _PSC_2M), _psc_gfn(start)
             psc_idx, inflight = idx, 1
             j = idx + 1
             while j <= idx_end:
                 e = entry(j)
-                if (e.operation != start.operation or e.gfn != start.gfn + npages or e.cur_page
-                        or bool(e.pagesize) != huge):
+                if (_psc_op(e) != op or _psc_gfn(e) != start_gfn + npages or e & _PSC_CUR_PAGE
+                        or bool(e & _PSC_2M) != huge):
                     break
                 inflight += 1
                 npages += 512 if huge else 1
                 j += 1
-            if start.operation in (G.VMGEXIT_PSC_OP_PRIVATE, G.VMGEXIT_PSC_OP_SHARED):
-                attrs = KVM_MAP_GPA_RANGE_ENCRYPTED if start.operation == G.VMGEXIT_PSC_OP_PRIVATE else 0
-                attrs |= KVM_MAP_GPA_RANGE_PAGE_SZ_2M if start.pagesize else KVM_MAP_GPA_RANGE_PAGE_SZ_4K
+            if op in (G.VMGEXIT_PSC_OP_PRIVATE, G.VMGEXIT_PSC_OP_SHARED):
+                attrs = KVM_MAP_GPA_RANGE_ENCRYPTED if op == G.VMGEXIT_PSC_OP_PRIVATE else 0
+                attrs |= KVM_MAP_GPA_RANGE_PAGE_SZ_2M if start_2m else KVM_MAP_GPA_RANGE_PAGE_SZ_4K
                 if self._map_gpa_range(vcpu, gfn << 12, npages, attrs):
                     return complete(G.VMGEXIT_PSC_ERROR_GENERIC)
-            for k in range(psc_idx, psc_idx + inflight):  # __snp_complete_one_psc
+            for k in range(psc_idx, psc_idx + inflight):  # __snp_complete_one_psc: cur_page = all
                 e = entry(k)
-                put_entry(k, G.PscEntry(512 if e.pagesize else 1, e.gfn, e.operation, e.pagesize, e.reserved))
+                put_entry(k, (e & ~_PSC_CUR_PAGE) | (512 if e & _PSC_2M else 1))
             set_cur(psc_idx + inflight)
 
     # ---- guest requests ------------------------------------------------------------------------
