@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
+import shutil
 import tempfile
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from snplab import reporting
 from snplab.scenario import Scenario
-from snplab.transcript import Transcript, jsonable, trim_results
+from snplab.transcript import RESULTS_COUNTED_ARRAYS, Transcript, jsonable, trim_results
 
 PAYLOAD_ELF = Path(__file__).resolve().parent.parent / "guest-payloads" / "build" / \
     "snplab-guest.elf"
@@ -166,12 +168,16 @@ class LocalPlatform:
 
     def __init__(self, payload: str | os.PathLike[str] | None = None,
                  certs_blob: str | os.PathLike[str] | None = None,
-                 trust_dir: str | os.PathLike[str] | None = None, abi: str | None = None) -> None:
+                 trust_dir: str | os.PathLike[str] | None = None, abi: str | None = None,
+                 work_dir: str | os.PathLike[str] | None = None) -> None:
         self._payload = Path(payload) if payload is not None else None
         self._certs_blob = Path(certs_blob) if certs_blob is not None else None
         self._trust_dir = Path(trust_dir) if trust_dir is not None else None
         self._abi = abi
-        self._tmp = Path(tempfile.mkdtemp(prefix="snplab-blobs-"))
+        self._work_dir = Path(work_dir) if work_dir is not None else None
+        self._tmp_dir: Path | None = None
+        self._tmp_cleanup: weakref.finalize | None = None
+        self._tmp_lock = threading.Lock()
         self._cache: dict[Any, Any] = {}
         self._cache_lock = threading.Lock()
 
@@ -213,7 +219,25 @@ class LocalPlatform:
             return self._cache.setdefault(key, value)
 
     def payload_path(self) -> Path:
-        return self._payload if self._payload is not None else default_payload_path()
+        """The payload ELF: the one given, else the built default (built or checked for staleness
+        once per platform, not per guest)."""
+        if self._payload is not None:
+            return self._payload
+        return self._cached(("default-payload",), default_payload_path)
+
+    @property
+    def _tmp(self) -> Path:
+        """Scratch directory for the certificate blob files the responder serves: created on
+        first use under ``work_dir`` (the run's directory) or else the system temp dir, removed
+        by ``close()`` — or, if nobody calls it, when the platform is collected or at exit."""
+        with self._tmp_lock:
+            if self._tmp_dir is None:
+                if self._work_dir is not None:
+                    self._work_dir.mkdir(parents=True, exist_ok=True)
+                d = Path(tempfile.mkdtemp(prefix="snplab-blobs-", dir=self._work_dir))
+                self._tmp_cleanup = weakref.finalize(self, shutil.rmtree, d, ignore_errors=True)
+                self._tmp_dir = d
+            return self._tmp_dir
 
     def _write_blob(self, blob: bytes) -> Path:
         path = self._tmp / f"certs-{uuid.uuid4().hex}.bin"
@@ -221,15 +245,10 @@ class LocalPlatform:
         return path
 
     def close(self) -> None:
-        for p in self._tmp.glob("*"):
-            try:
-                p.unlink()
-            except OSError:
-                pass
-        try:
-            self._tmp.rmdir()
-        except OSError:
-            pass
+        with self._tmp_lock:
+            if self._tmp_cleanup is not None:
+                self._tmp_cleanup()  # rmtree, once
+            self._tmp_dir = self._tmp_cleanup = None
 
     # -- running ---------------------------------------------------------------------------------
     def run(self, scenario: Scenario) -> Transcript:
@@ -303,7 +322,7 @@ class LocalPlatform:
 
     def _transcript(self, sc: Scenario, guest: Any, result: Any, backend: Any,
                     served: list[bytes], responder: Any, t0: float, t_setup: float) -> Transcript:
-        raw = result.results
+        raw = result.results_in_use(RESULTS_COUNTED_ARRAYS)
         results = trim_results(raw) if isinstance(raw, Mapping) else {}
         launch_log = {"updates": [r.to_json() for r in result.launch_log],
                       "vcpus": [s.to_json() for s in guest.vcpu_states]}
@@ -397,9 +416,8 @@ class EmulatedPlatform(LocalPlatform):
         def make() -> str:
             from snplab.emu import keys
 
-            d = self._tmp / f"trust-{product}"
-            keys.write_trust_dir(product, d)
-            return "".join((d / f"{product}_{r}.pem").read_text() for r in ("ark", "ask", "asvk"))
+            roots = keys.default_store().roots(product)
+            return "".join(getattr(roots, r).pem.decode() for r in ("ark", "ask", "asvk"))
 
         return self._cached(("roots-pem", product), make)
 
@@ -597,7 +615,8 @@ PLATFORMS: dict[str, Callable[..., Any]] = {"emulated": EmulatedPlatform, "snp":
 
 def get_platform(name: str, **opts: Any) -> Any:
     """The platform called ``name`` (emulated, snp), created with ``opts`` (payload, certs_blob,
-    trust_dir, abi).  Raises PlatformUnavailable with the reason if it cannot run here."""
+    trust_dir, abi, work_dir: where its scratch files go, default the system temp dir; they are
+    removed by ``close()``).  Raises PlatformUnavailable with the reason if it cannot run here."""
     try:
         factory = PLATFORMS[name]
     except KeyError:

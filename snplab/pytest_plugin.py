@@ -146,6 +146,8 @@ class SuiteState:
                 opts["trust_dir"] = self.trust_dir
             if self.abi_opt != "auto":
                 opts["abi"] = self.abi_opt
+            if self.paths is not None:
+                opts["work_dir"] = self.paths.root  # scratch files under the run's directory
             try:
                 if self.platform_name == "ssh":
                     from snplab.remote.pytest_remote import make_ssh_platform

@@ -26,6 +26,9 @@ STATUSES = ("ok", "timeout", "kvm-run-error", "crash", "unhandled-exit", "error"
 
 # Byte arrays of struct snplab_results that are trimmed to their used length in JSON.
 _TRIM_COUNTS = {"vcpu": "nvcpus", "steps": "nsteps", "attempts": "nattempts"}
+# Every array of struct snplab_results with the sibling field that counts its used part: what
+# ``trim_results`` keeps, so a decoder may skip the rest (snplab.vmm.dwarf.decode_bytes counts).
+RESULTS_COUNTED_ARRAYS = {**_TRIM_COUNTS, "cert_store": "cert_store_used", "log": "log_len"}
 
 
 class TranscriptError(ValueError):
@@ -77,7 +80,7 @@ def trim_results(results: Mapping[str, Any]) -> dict[str, Any]:
             used = parent.get("cert_store_used", 0)
             return as_bytes(node)[: max(0, int(used))].hex()
         if key == "log" and parent is not None:
-            raw = as_bytes(node) if not isinstance(node, str) else node.encode("latin-1")
+            raw = as_bytes(node) if not isinstance(node, str) else node.encode("utf-8", "replace")
             n = parent.get("log_len")
             if isinstance(n, int):
                 raw = raw[: max(0, n)]

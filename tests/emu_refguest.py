@@ -26,7 +26,15 @@ from snplab.abi import ghcb as G
 from snplab.abi import guest_msg as gm
 from snplab.abi import kernel_behaviour as kb
 from snplab.abi.cert_table import parse_table
-from snplab.emu.ghcb import DOORBELL_PORT, PVAL_VALIDATE, PVALIDATE_PORT
+from snplab.emu.ghcb import (
+    DOORBELL_PORT,
+    PVAL_RANGE_COUNT_SHIFT,
+    PVAL_RANGE_INDEX_SHIFT,
+    PVAL_RANGE_VALIDATE,
+    PVAL_VALIDATE,
+    PVALIDATE_PORT,
+    PVALIDATE_RANGE_PORT,
+)
 from snplab.emu.platform import EmulatedBackend
 from snplab.vmm.certs import CertResponder
 from snplab.vmm.events import (
@@ -255,6 +263,16 @@ class RefGuest:
         self.vcpu.dispatch(Doorbell(PVALIDATE_PORT, arg, "out", 4))
         res = self.vcpu.dispatch(Doorbell(PVALIDATE_PORT, 0, "in", 4))
         return res & 0xFF, bool(res >> 8 & 1)
+
+    def pvalidate_range(self, gpa: int, npages: int, validate: bool) -> tuple[int, int, bool] | None:
+        """The range doorbell: None if every page gave rc 0, else (index, rc, cf) of the first
+        page that did not."""
+        arg = (gpa & ~0xFFF) | (npages - 1) << PVAL_RANGE_COUNT_SHIFT | (PVAL_RANGE_VALIDATE if validate else 0)
+        self.vcpu.dispatch(Doorbell(PVALIDATE_RANGE_PORT, arg, "out", 4))
+        res = self.vcpu.dispatch(Doorbell(PVALIDATE_RANGE_PORT, 0, "in", 4))
+        if not res:
+            return None
+        return res >> PVAL_RANGE_INDEX_SHIFT, res & 0xFF, bool(res >> 8 & 1)
 
     def msr_call(self, value: int) -> int:
         self.wrmsr(G.MSR_AMD64_SEV_ES_GHCB, value)

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import types
 from pathlib import Path
 
@@ -170,14 +169,13 @@ def test_allow_unpinned_with_emulated_roots(capsys, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def files():
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d)
-        roots = fake.make_roots("milan")
-        (p / "milan_ark.pem").write_bytes(roots.ark.public_bytes(Encoding.PEM))
-        _, vek = fake.make_vek(roots, TcbVersion(TcbLayout.MILAN_GENOA))
-        (p / "vek.der").write_bytes(der_bytes(vek))
-        yield p
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("verify_files")
+    roots = fake.make_roots("milan")
+    (p / "milan_ark.pem").write_bytes(roots.ark.public_bytes(Encoding.PEM))
+    _, vek = fake.make_vek(roots, TcbVersion(TcbLayout.MILAN_GENOA))
+    (p / "vek.der").write_bytes(der_bytes(vek))
+    return p
 
 
 @settings(max_examples=40, deadline=None)

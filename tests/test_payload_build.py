@@ -125,7 +125,7 @@ def _functions_using(pattern: str) -> set[str]:
 # The payload's CPL0 part (kernel.c, exc.c, platform.c, start.S); everything else runs at CPL3.
 KERNEL_FUNCTIONS = {"_start", "__payload_start", "snplab_main", "enter_user", "kcall_entry",
                     "snplab_kcall", "exc_install", "exc_common", "snplab_exception", "vmgexit",
-                    "pvalidate_4k", "emu_doorbell", "emu_pvalidate"}
+                    "pvalidate_run_4k", "pvalidate_4k", "emu_doorbell", "emu_pvalidate_range"}
 PRIVILEGED = (r"^\s*(rdmsr|wrmsr|(in|out)[bwl]?|ins[bwl]?|outs[bwl]?|hlt|cli|sti|lgdt|lidt|ltr|"
               r"lretq?|iretq?|vmgexit|vmmcall|pvalidate|invlpg|wbinvd)\b|%cr[0-8]\b|"
               r"^\s*mov\s+\S+,%[c-gs]s\s*$")
@@ -136,7 +136,7 @@ def test_snp_path_avoids_instructions_that_trap() -> None:
     """No CPUID anywhere; port I/O only in the emulated-platform doorbells; VMGEXIT/PVALIDATE
     only in their platform wrappers; MSR access only in the kernel-call dispatcher."""
     assert _functions_using(r"^\s*cpuid\b") == set()
-    assert _functions_using(r"^\s*(in|out)[bwl]?\s") == {"emu_doorbell", "emu_pvalidate"}
+    assert _functions_using(r"^\s*(in|out)[bwl]?\s") == {"emu_doorbell", "emu_pvalidate_range"}
     assert _functions_using(r"^\s*vmgexit\b") == {"vmgexit"}
     assert _functions_using(r"^\s*pvalidate\b") == {"pvalidate_4k"}
     assert _functions_using(r"^\s*(rd|wr)msr\b") == {"snplab_kcall"}

@@ -24,10 +24,12 @@ enum snplab_limits {
 };
 
 /* Emulated platform: vmgexit() is an OUT to this port, pvalidate() an OUT
- * (arguments) then an IN (result) on the second port.  Never used on SNP. */
+ * (arguments) then an IN (result) on the second port, a run of 4K PVALIDATEs
+ * the same on the third.  Never used on SNP. */
 enum snplab_ports {
 	SNPLAB_DOORBELL_PORT = 0x0e0,
 	SNPLAB_PVALIDATE_PORT = 0x0e4,
+	SNPLAB_PVALIDATE_RANGE_PORT = 0x0e8,
 };
 
 /* PVALIDATE doorbell argument (OUT, 32 bits): GPA[31:12] | flags */
@@ -36,6 +38,20 @@ enum snplab_pvalidate_arg {
 	SNPLAB_PVAL_VALIDATE = 1 << 1,	/* 1 = validate, 0 = rescind */
 };
 /* PVALIDATE doorbell result (IN, 32 bits): rc[7:0] (PVALIDATE_FAIL_*), bit 8 = CF (no RMP update) */
+
+/* PVALIDATE range doorbell: the emulated stand-in for a loop of 4K PVALIDATEs
+ * (what the guest does on SNP), one OUT/IN pair for up to MAX_PAGES pages.
+ * Argument (OUT, 32 bits): GPA[31:12] | (npages - 1) << COUNT_SHIFT | VALIDATE.
+ * The host applies single 4K PVALIDATEs in GPA order and stops at the first
+ * page whose rc is not 0.  Result (IN, 32 bits): 0 = rc 0 on every page
+ * (CF not reported), else rc[7:0] | CF << 8 | index of that page << INDEX_SHIFT;
+ * the pages after it are untouched. */
+enum snplab_pvalidate_range {
+	SNPLAB_PVAL_RANGE_VALIDATE = 1 << 0,
+	SNPLAB_PVAL_RANGE_COUNT_SHIFT = 1,	/* bits 11:1 */
+	SNPLAB_PVAL_RANGE_MAX_PAGES = 2048,
+	SNPLAB_PVAL_RANGE_INDEX_SHIFT = 12,	/* bits 22:12 */
+};
 
 enum snplab_platform {
 	SNPLAB_PLATFORM_EMULATED = 0,

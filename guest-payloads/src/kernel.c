@@ -120,13 +120,7 @@ uint64_t snplab_kcall(uint64_t a0, uint64_t a1, uint64_t op)
 		vmgexit(g_platform);
 		return 0;
 	case KCALL_RESCIND:
-		for (; a1; a1--, a0 += PAGE_SIZE) {
-			uint32_t rc = pvalidate_4k(g_platform, a0, 0);
-
-			if (rc & 0xff)
-				return (a0 & PAGE_MASK) | rc;
-		}
-		return 0;
+		return pvalidate_run_4k(g_platform, a0, a1, 0);
 	}
 	return KCALL_BAD_OP;
 }

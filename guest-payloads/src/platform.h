@@ -5,7 +5,9 @@
  * from params.platform (docs/contract.md section 2):
  *
  *   vmgexit()    SNP: REP VMMCALL        emulated: OUT to SNPLAB_DOORBELL_PORT
- *   pvalidate()  SNP: PVALIDATE          emulated: OUT/IN on SNPLAB_PVALIDATE_PORT
+ *   pvalidate_run_4k()
+ *                SNP: PVALIDATE per page  emulated: OUT/IN on SNPLAB_PVALIDATE_RANGE_PORT
+ *                                         per SNPLAB_PVAL_RANGE_MAX_PAGES pages
  *
  * Port I/O exists only in the emu_* functions of platform.c, which run only
  * on the emulated platform (tests check this in the disassembly).  The only
@@ -45,7 +47,10 @@ __attribute__((noreturn)) static inline void halt_forever(void)
 
 void vmgexit(uint32_t platform);
 
-/* Validate (1) or rescind (0) one 4 KiB page; returns rc | CF << 8. */
-uint32_t pvalidate_4k(uint32_t platform, uint64_t gpa, int validate);
+/* Validate (1) or rescind (0) npages 4 KiB pages from gpa in order, stopping
+ * at the first page whose rc is not 0: returns 0, or that page's
+ * GPA | rc | CF << 8.  On SNP one PVALIDATE instruction per page; on the
+ * emulated platform one range doorbell stands for them (snplab_abi.h). */
+uint64_t pvalidate_run_4k(uint32_t platform, uint64_t gpa, uint64_t npages, int validate);
 
 #endif

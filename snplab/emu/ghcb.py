@@ -92,8 +92,13 @@ KERNELS = tuple(kb.GENERATIONS)  # kernel generations the emulated KVM can play
 
 DOORBELL_PORT = 0xE0  # snplab_abi.h SNPLAB_DOORBELL_PORT
 PVALIDATE_PORT = 0xE4  # SNPLAB_PVALIDATE_PORT
+PVALIDATE_RANGE_PORT = 0xE8  # SNPLAB_PVALIDATE_RANGE_PORT
 PVAL_2M = 1 << 0
 PVAL_VALIDATE = 1 << 1
+PVAL_RANGE_VALIDATE = 1 << 0  # enum snplab_pvalidate_range
+PVAL_RANGE_COUNT_SHIFT = 1
+PVAL_RANGE_MAX_PAGES = 2048
+PVAL_RANGE_INDEX_SHIFT = 12
 
 # include/uapi/linux/kvm_para.h / kvm.h
 KVM_MAP_GPA_RANGE_ENCRYPTED = 1 << 4
@@ -104,6 +109,21 @@ GHCB_SCRATCH_AREA_LIMIT = 16 * PAGE_SIZE
 SEV_STATUS_VALUE = G.MSR_AMD64_SEV_ENABLED | G.MSR_AMD64_SEV_ES_ENABLED | G.MSR_AMD64_SEV_SNP_ENABLED
 SNP_CBIT_POSITION = 51  # CPUID 0x8000001F EBX[5:0] on Milan/Genoa/Turin
 U64 = (1 << 64) - 1
+
+# struct psc_entry as a raw u64 (the fields of G.PscEntry): cur_page [11:0], gfn [51:12],
+# operation [55:52], pagesize [56]
+_U64 = struct.Struct("<Q")
+_PSC_CUR_PAGE = 0xFFF
+_PSC_2M = 1 << 56
+
+
+def _psc_gfn(e: int) -> int:
+    return (e >> 12) & ((1 << 40) - 1)
+
+
+def _psc_op(e: int) -> int:
+    return (e >> 52) & 0xF
+
 
 _REGS = ("rax", "rbx", "rcx", "rdx")
 _REG_OFF = {"rax": G.GHCB_RAX_OFFSET, "rbx": G.GHCB_RBX_OFFSET, "rcx": G.GHCB_RCX_OFFSET,
@@ -285,10 +305,11 @@ class EmulatedKvm:
         if ev.port == DOORBELL_PORT and ev.direction == "out":
             self.vmgexit(vcpu)
             return None
-        if ev.port == PVALIDATE_PORT:
+        if ev.port in (PVALIDATE_PORT, PVALIDATE_RANGE_PORT):
             st = self.state(vcpu.index)
             if ev.direction == "out":
-                st.pvalidate_result = self.pvalidate(ev.value)
+                run = self.pvalidate if ev.port == PVALIDATE_PORT else self.pvalidate_range
+                st.pvalidate_result = run(ev.value)
                 return None
             return st.pvalidate_result
         return None
@@ -300,6 +321,22 @@ class EmulatedKvm:
             rc, cf = self.rmp.pvalidate(gpa, bool(arg & PVAL_2M), bool(arg & PVAL_VALIDATE))
         self.stats["pvalidate"] += 1
         return rc | (int(cf) << 8)
+
+    def pvalidate_range(self, arg: int) -> int:
+        """The range doorbell (snplab_abi.h ``snplab_pvalidate_range``), the emulated stand-in for
+        the guest's loop of 4K PVALIDATE instructions: ``arg`` = GPA[31:12] | (npages − 1) << 1 |
+        VALIDATE; each page gets exactly a single PVALIDATE's RMP checks, in order, up to the first
+        rc ≠ 0. Result 0, or rc | CF << 8 | the failing page's index << 12."""
+        gpa = arg & ~0xFFF & 0xFFFF_FFFF
+        npages = ((arg >> PVAL_RANGE_COUNT_SHIFT) & (PVAL_RANGE_MAX_PAGES - 1)) + 1
+        with self._vm_lock:
+            failed = self.rmp.pvalidate_run(gpa, npages, bool(arg & PVAL_RANGE_VALIDATE))
+        self.stats["pvalidate_range"] += 1
+        self.stats["pvalidate"] += npages if failed is None else failed[0] + 1
+        if failed is None:
+            return 0
+        index, rc, cf = failed
+        return rc | (int(cf) << 8) | index << PVAL_RANGE_INDEX_SHIFT
 
     # ---- #VMGEXIT ------------------------------------------------------------------------------
 
@@ -363,9 +400,16 @@ class EmulatedKvm:
         self._flush(ghcb, gpa)
 
     def _flush(self, ghcb: _Ghcb, gpa: int) -> None:
-        """KVM writes the mapped page directly: the touched bytes go back to guest memory."""
-        for off, length in dict(ghcb.dirty).items():  # each touched range once
-            self.host.write(gpa + off, ghcb.raw[off:off + length])
+        """KVM writes the mapped page directly: the touched bytes go back to guest memory (each
+        run of overlapping or adjacent touched ranges in one write)."""
+        spans: list[list[int]] = []
+        for off, length in sorted(ghcb.dirty):
+            if spans and off <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], off + length)
+            else:
+                spans.append([off, off + length])
+        for lo, hi in spans:
+            self.host.write(gpa + lo, ghcb.raw[lo:hi])
 
     def _validate(self, exit_code: int, info1: int, info2: int, usage: int, bitmap: int, ghcb: _Ghcb) -> None:
         if usage != G.GHCB_DEFAULT_USAGE:
@@ -520,15 +564,16 @@ class EmulatedKvm:
                 raise KvmRunError(errno.EFAULT, f"PSC scratch {scratch:#x}+{length:#x} unreadable") from None
             base, limit, buf = 0, length, outside
 
-        def entry(i: int) -> G.PscEntry:
+        # Entries are handled as raw u64s (layout: G.PscEntry) — this loop runs for every page
+        # the guest converts, and building an object per look would dominate its cost.
+        def entry(i: int) -> int:
             off = base + G.PSC_HDR_SIZE + G.PSC_ENTRY_SIZE * i
-            raw = bytes(buf[off:off + 8]) if off + 8 <= limit else bytes(8)  # past the area: zeros
-            return G.PscEntry.from_u64(int.from_bytes(raw, "little"))
+            return _U64.unpack_from(buf, off)[0] if off + 8 <= limit else 0  # past the area: zeros
 
-        def put_entry(i: int, e: G.PscEntry) -> None:
+        def put_entry(i: int, value: int) -> None:
             off = base + G.PSC_HDR_SIZE + G.PSC_ENTRY_SIZE * i
             if off + 8 <= limit:
-                buf[off:off + 8] = e.to_u64().to_bytes(8, "little")
+                _U64.pack_into(buf, off, value)
                 if outside is None:
                     ghcb.touch(off, 8)
 
@@ -553,13 +598,13 @@ class EmulatedKvm:
             npages, gfn, huge = 0, 0, False
             while idx <= idx_end:
                 start = entry(idx)
-                gfn, huge = start.gfn, bool(start.pagesize)
+                start_cur, gfn, huge = start & _PSC_CUR_PAGE, _psc_gfn(start), bool(start & _PSC_2M)
                 npages = 512 if huge else 1
-                if start.cur_page > npages or gfn % npages:
+                if start_cur > npages or gfn % npages:
                     return complete(G.VMGEXIT_PSC_ERROR_INVALID_ENTRY)
-                if start.cur_page:
-                    npages -= start.cur_page
-                    gfn += start.cur_page
+                if start_cur:
+                    npages -= start_cur
+                    gfn += start_cur
                     huge = False
                 if npages:
                     break
@@ -568,24 +613,25 @@ class EmulatedKvm:
                 set_cur(cur)
             if idx > idx_end:
                 return complete(0)
+            op, start_2m, start_gfn = _psc_op(start), bool(start & _PSC_2M), _psc_gfn(start)
             psc_idx, inflight = idx, 1
             j = idx + 1
             while j <= idx_end:
                 e = entry(j)
-                if (e.operation != start.operation or e.gfn != start.gfn + npages or e.cur_page
-                        or bool(e.pagesize) != huge):
+                if (_psc_op(e) != op or _psc_gfn(e) != start_gfn + npages or e & _PSC_CUR_PAGE
+                        or bool(e & _PSC_2M) != huge):
                     break
                 inflight += 1
                 npages += 512 if huge else 1
                 j += 1
-            if start.operation in (G.VMGEXIT_PSC_OP_PRIVATE, G.VMGEXIT_PSC_OP_SHARED):
-                attrs = KVM_MAP_GPA_RANGE_ENCRYPTED if start.operation == G.VMGEXIT_PSC_OP_PRIVATE else 0
-                attrs |= KVM_MAP_GPA_RANGE_PAGE_SZ_2M if start.pagesize else KVM_MAP_GPA_RANGE_PAGE_SZ_4K
+            if op in (G.VMGEXIT_PSC_OP_PRIVATE, G.VMGEXIT_PSC_OP_SHARED):
+                attrs = KVM_MAP_GPA_RANGE_ENCRYPTED if op == G.VMGEXIT_PSC_OP_PRIVATE else 0
+                attrs |= KVM_MAP_GPA_RANGE_PAGE_SZ_2M if start_2m else KVM_MAP_GPA_RANGE_PAGE_SZ_4K
                 if self._map_gpa_range(vcpu, gfn << 12, npages, attrs):
                     return complete(G.VMGEXIT_PSC_ERROR_GENERIC)
-            for k in range(psc_idx, psc_idx + inflight):  # __snp_complete_one_psc
+            for k in range(psc_idx, psc_idx + inflight):  # __snp_complete_one_psc: cur_page = all
                 e = entry(k)
-                put_entry(k, G.PscEntry(512 if e.pagesize else 1, e.gfn, e.operation, e.pagesize, e.reserved))
+                put_entry(k, (e & ~_PSC_CUR_PAGE) | (512 if e & _PSC_2M else 1))
             set_cur(psc_idx + inflight)
 
     # ---- guest requests ------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 SEV-SNP parts — KVM's GHCB handling (ghcb.py) and the PSP (psp.py) — run in Python.
 
 Wiring (docs/contract.md §2–§4): the GHCB MSR 0xC0010130 and SEV_STATUS 0xC0010131 are routed to
-userspace with an MSR filter; ports 0xE0 (VMGEXIT) and 0xE4 (PVALIDATE) are doorbells; the MSR,
+userspace with an MSR filter; ports 0xE0 (VMGEXIT), 0xE4 (PVALIDATE) and
+0xE8 (a run of 4K PVALIDATEs) are doorbells; the MSR,
 doorbell handlers are ``EmulatedKvm``'s; the launcher is the ``EmulatedPsp``. The emulated KVM
 raises the same exit events real KVM gives the VMM (``ReqCerts``, ``VmgexitReqCerts``,
 ``MapGpaRange``, ``SevTerm``) and the VMM's own handlers answer them: ``register_handlers`` adds
@@ -16,7 +17,6 @@ marked "snplab emulated (not AMD)" (keys.py).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 from snplab.abi import kernel_behaviour as kb
 from snplab.abi.tcb import TcbVersion
 from snplab.emu.faults import FaultSet
-from snplab.emu.ghcb import DOORBELL_PORT, PROFILES, PVALIDATE_PORT, EmulatedKvm
+from snplab.emu.ghcb import DOORBELL_PORT, PROFILES, PVALIDATE_PORT, PVALIDATE_RANGE_PORT, EmulatedKvm
 from snplab.emu.keys import (
     KeyStore,
     PlatformKeys,
@@ -102,7 +102,6 @@ class EmulatedBackend:
                                  vlek if vlek is not None else vcek)
         self._vcek, self._vlek, self._csp_id = vcek, vlek, csp_id
         self.vm: EmulatedVm | None = None
-        self._trust_dir: Path | None = None
 
     # ---- accessors ----------------------------------------------------------------------------
 
@@ -110,13 +109,10 @@ class EmulatedBackend:
         """The certificate table this host serves: VCEK/VLEK, ASK/ASVK, ARK (emulated)."""
         return self.keys.cert_table()
 
-    def trust_dir(self, directory: str | os.PathLike[str] | None = None) -> Path:
-        """A directory holding the emulated ARK/ASK/ASVK PEMs for this product."""
-        if directory is not None:
-            return self.keys.write_trust_dir(directory)
-        if self._trust_dir is None:
-            self._trust_dir = self.keys.write_trust_dir(tempfile.mkdtemp(prefix="snplab-emu-trust-"))
-        return self._trust_dir
+    def trust_dir(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the emulated ARK/ASK/ASVK PEMs for this product into ``directory`` (the caller
+        owns it: a run's directory or a test's tmp_path; nothing goes to the system temp dir)."""
+        return self.keys.write_trust_dir(directory)
 
     def _current(self) -> EmulatedVm:
         if self.vm is None:
@@ -174,7 +170,7 @@ class EmulatedBackend:
 
         self.new_vm(guest.memory, guest.memory.end, _cpuid_lookup(guest))
         enable_user_msr(guest.vm, (GHCB_MSR, SEV_STATUS_MSR))
-        guest.doorbell_ports.update((DOORBELL_PORT, PVALIDATE_PORT))
+        guest.doorbell_ports.update((DOORBELL_PORT, PVALIDATE_PORT, PVALIDATE_RANGE_PORT))
 
     def launcher(self, guest: Any) -> EmulatedPsp:
         return self._current().psp

@@ -113,6 +113,17 @@ class Rmp:
         self._state[i] = _PRIVATE | (_VALIDATED if validate else 0)
         return PVALIDATE_SUCCESS, False
 
+    def pvalidate_run(self, gpa: int, npages: int, validate: bool) -> tuple[int, int, bool] | None:
+        """A run of 4K PVALIDATEs from ``gpa`` upwards, exactly as ``npages`` single calls of
+        ``pvalidate`` in GPA order that stop at the first rc ≠ 0 (the guest's loop on SNP):
+        None if every page gave rc 0 (with or without CF), else (index, rc, cf) of the first page
+        that failed; the pages before it are updated, the pages after it untouched."""
+        for i in range(npages):
+            rc, cf = self.pvalidate(gpa + i * PAGE_SIZE, False, validate)
+            if rc:
+                return i, rc, cf
+        return None
+
     def private_pages(self, gpa: int, length: int) -> list[int]:
         """GPAs of the pages in [gpa, gpa+length) that are private (pages outside RAM skipped)."""
         if length <= 0:

@@ -8,6 +8,7 @@ Modules (import what you use; nothing here runs at import time):
   elf, dwarf  payload ELF (segments, symbols) and DWARF layouts / StructView
   events      exit events, CertsAnswer, KvmRunError (docs/contract.md §3)
   handlers    handler registry and event log
+  status      the statuses a vCPU ends with (a leaf: imports nothing)
   vcpu, exits the run loop of one vCPU and the kvm_run → event decoders
   watchdog    the process-wide deadline thread that kicks vCPUs
   launch      PageType, VcpuInitState, Launcher protocol, PlainLauncher (docs/contract.md §4)

@@ -7,9 +7,11 @@ VMM never hard-codes an offset from it. Layouts are immutable and cached with th
 
 from __future__ import annotations
 
+import functools
 import io
+import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -427,23 +429,123 @@ def _assign(buf: memoryview, off: int, t: TypeLayout, value: Any, what: str) -> 
     raise TypeError(f"{what}: cannot assign {type(value).__name__} to {t.name}")
 
 
-def decode_bytes(t: TypeLayout, data: bytes, off: int = 0) -> Any:
-    """Decode `t` at `off` in `data` into plain JSON-able values."""
+def decode_bytes(t: TypeLayout, data: bytes, off: int = 0,
+                 counts: Mapping[str, str] | None = None) -> Any:
+    """Decode `t` at `off` in `data` into plain JSON-able values: scalars as ints (little
+    endian), u8/char arrays as hex / text up to the first NUL, other arrays as lists, structs and
+    unions as dicts (bit-fields left out).
+
+    ``counts`` maps an array field's name to the name of a scalar field of the same struct that
+    says how many of its elements are in use (``{"steps": "nsteps"}``): such an array is decoded
+    only that far (clamped to 0..length), the rest of it is not read."""
+    return _decoder(t, frozenset((counts or {}).items()))(data, off)
+
+
+Decoder = Callable[[bytes, int], Any]
+_INT_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+def _scalar_format(t: TypeLayout) -> str | None:
+    f = _INT_FORMATS.get(t.size)
+    return None if f is None else (f.lower() if t.signed else f)
+
+
+@functools.lru_cache(maxsize=None)
+def _decoder(t: TypeLayout, counts: frozenset[tuple[str, str]] = frozenset()) -> Decoder:
+    """A decoding function for `t`, built once per layout (results are decoded after every run:
+    one ``struct`` unpack for the scalar fields of a struct, one for a scalar array)."""
     if t.is_scalar:
-        return int.from_bytes(data[off:off + t.size], "little", signed=t.signed)
+        fmt = _scalar_format(t)
+        if fmt is None:
+            size, signed = t.size, t.signed
+            return lambda data, off: int.from_bytes(data[off:off + size], "little", signed=signed)
+        one = struct.Struct("<" + fmt)
+        return lambda data, off: one.unpack_from(data, off)[0]
     if t.kind == "array" and t.element is not None:
-        e = t.element
-        if t.is_bytes:
-            chunk = data[off:off + t.size]
-            if e.is_char:
-                return chunk.split(b"\0", 1)[0].decode("utf-8", "replace")
-            return chunk.hex()
-        if e.is_scalar:
-            n, sz = t.count, e.size
-            return [int.from_bytes(data[off + i * sz:off + (i + 1) * sz], "little",
-                                   signed=e.signed) for i in range(n)]
-        return [decode_bytes(e, data, off + i * e.size) for i in range(t.count)]
+        return _array_decoder(t, counts)(t.count)
     if t.kind in ("struct", "union"):
-        return {f.name: decode_bytes(f.type, data, off + f.offset) for f in t.fields
-                if f.bit_size is None}
-    return None
+        return _struct_decoder(t, counts)
+    return lambda data, off: None
+
+
+def _array_decoder(t: TypeLayout, counts: frozenset[tuple[str, str]]) -> Callable[[int], Decoder]:
+    """For an array type: n -> a decoder of its first n elements."""
+    assert t.element is not None
+    e = t.element
+    if t.is_bytes:
+        if e.is_char:
+            return lambda n: lambda data, off: bytes(data[off:off + n]).split(b"\0", 1)[0].decode(
+                "utf-8", "replace")
+        return lambda n: lambda data, off: bytes(data[off:off + n]).hex()
+    fmt = _scalar_format(e) if e.is_scalar else None
+    if fmt is not None:
+        def scalars(n: int) -> Decoder:
+            many = struct.Struct(f"<{n}{fmt}")
+            return lambda data, off: list(many.unpack_from(data, off))
+        return scalars
+    sub, esize = _decoder(e, counts), e.size
+    return lambda n: lambda data, off: [sub(data, off + i * esize) for i in range(n)]
+
+
+def _struct_decoder(t: TypeLayout, counts: frozenset[tuple[str, str]]) -> Decoder:
+    fields = [f for f in t.fields if f.bit_size is None]
+    names = {f.name for f in fields}
+    counted = {k: v for k, v in counts if k in names and v in names}
+    packed = _packed_scalars(t, fields)
+    if packed is None:
+        if not counted:
+            parts = [(f.name, f.offset, _decoder(f.type, counts)) for f in fields]
+            return lambda data, off: {name: dec(data, off + o) for name, o, dec in parts}
+        packed = (struct.Struct("<"), {})
+    whole, index = packed
+    by_name = {f.name: f for f in fields}
+    for arr, cnt in list(counted.items()):
+        if by_name[arr].type.kind != "array" or cnt not in index:
+            del counted[arr]  # only an array counted by a 1/2/4/8-byte scalar is cut
+    if not counted:
+        plan = [(f.name, index.get(f.name, -1), f.offset,
+                 None if f.name in index else _decoder(f.type, counts)) for f in fields]
+        if all(dec is None for *_, dec in plan):  # C structs: declaration order = offset order
+            order = tuple(sorted(index, key=index.__getitem__))
+            return lambda data, off: dict(zip(order, whole.unpack_from(data, off)))
+
+        def decode_struct(data: bytes, off: int) -> dict[str, Any]:
+            vals = whole.unpack_from(data, off)
+            return {name: vals[i] if dec is None else dec(data, off + o) for name, i, o, dec in plan}
+
+        return decode_struct
+    cut = [(f.name, index.get(f.name, -1), f.offset,
+            None if f.name in index else _decoder(f.type, counts),
+            (index[counted[f.name]], f.type.count, _array_decoder(f.type, counts))
+            if f.name in counted else None) for f in fields]
+
+    def decode_counted(data: bytes, off: int) -> dict[str, Any]:
+        vals = whole.unpack_from(data, off)
+        out: dict[str, Any] = {}
+        for name, i, o, dec, c in cut:
+            if c is not None:
+                ci, length, make = c
+                out[name] = make(min(max(int(vals[ci]), 0), length))(data, off + o)
+            else:
+                out[name] = vals[i] if dec is None else dec(data, off + o)
+        return out
+
+    return decode_counted
+
+
+def _packed_scalars(t: TypeLayout, fields: list[Field]) -> tuple[struct.Struct, dict[str, int]] | None:
+    """One ``struct.Struct`` for the 1/2/4/8-byte scalar fields of a struct (which never
+    overlap), and each such field's index in what it unpacks; None for unions, structs without
+    such fields, or duplicate field names."""
+    if t.kind != "struct" or len({f.name for f in fields}) != len(fields):
+        return None
+    fmt, pos, index = ["<"], 0, {}
+    for f in sorted(fields, key=lambda f: f.offset):
+        c = _scalar_format(f.type) if f.type.is_scalar else None
+        if c is None or f.offset < pos:
+            continue
+        fmt.append(f"{f.offset - pos}x" if f.offset > pos else "")
+        fmt.append(c)
+        index[f.name] = len(index)
+        pos = f.offset + f.type.size
+    return (struct.Struct("".join(fmt)), index) if index else None

@@ -30,7 +30,7 @@ from snplab.vmm.events import (
     SystemEvent,
     VmgexitReqCerts,
 )
-from snplab.vmm.vcpu import (
+from snplab.vmm.status import (
     FAIL_ENTRY,
     HALTED,
     INTERNAL_ERROR,
@@ -38,8 +38,8 @@ from snplab.vmm.vcpu import (
     SYSTEM_EVENT,
     TERMINATED,
     UNHANDLED_EXIT,
-    Vcpu,
 )
+from snplab.vmm.vcpu import Vcpu
 
 Decoder = Callable[[Vcpu, uapi.kvm_run], None]
 

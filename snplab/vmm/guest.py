@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from snplab.vmm import memory_map as mm
@@ -31,15 +32,8 @@ from snplab.vmm.handlers import EventLog, HandlerRegistry
 from snplab.vmm.kvm import DEFAULT_IOCTL, IoctlLayer, Kvm, VmFd
 from snplab.vmm.launch import Launcher, LaunchRecord, PageType, PlainLauncher, VcpuInitState
 from snplab.vmm.memory import GpaOutOfRange, GuestMemory
-from snplab.vmm.vcpu import (
-    CRASH_STATUSES,
-    OK_STATUSES,
-    STOPPED,
-    TIMEOUT,
-    Vcpu,
-    ensure_kick_handler,
-    install_kick_handler,
-)
+from snplab.vmm.status import CRASH_STATUSES, OK_STATUSES, STOPPED, TIMEOUT
+from snplab.vmm.vcpu import Vcpu, ensure_kick_handler, install_kick_handler
 from snplab.vmm.watchdog import WATCHDOG
 
 PARAMS_SYMBOL = "snplab_params"
@@ -136,6 +130,13 @@ class RunResult:
                 self.results_bytes is not None:
             self._results = decode_bytes(self.results_layout, self.results_bytes)
         return self._results
+
+    def results_in_use(self, counts: Mapping[str, str]) -> Any:
+        """``results`` with each counted array cut to its count field (``decode_bytes``
+        ``counts``): the unused parts of the results area are not decoded at all."""
+        if self.results_layout is None or self.results_bytes is None:
+            return None
+        return decode_bytes(self.results_layout, self.results_bytes, counts=counts)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -13,34 +13,18 @@ import signal
 import threading
 import time
 import traceback
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from snplab.vmm import uapi
 from snplab.vmm.errors import GuestSetupError
 from snplab.vmm.events import Event, KvmRunError
-from snplab.vmm.handlers import EventRecord, UnhandledExit
+from snplab.vmm.handlers import EventLog, EventRecord, HandlerRegistry, UnhandledExit
+from snplab.vmm.status import ERROR, KVM_RUN_ERROR, NOT_STARTED, RUNNING, STOPPED, UNHANDLED_EXIT
 
 if TYPE_CHECKING:
-    from snplab.vmm.guest import Guest
+    from snplab.vmm.elf import ElfImage
     from snplab.vmm.kvm import VcpuFd
-
-# Per-vCPU statuses.
-HALTED = "halted"
-TERMINATED = "terminated"
-STOPPED = "stopped"            # stopped because another vCPU failed or the caller asked
-TIMEOUT = "timeout"
-KVM_RUN_ERROR = "kvm-run-error"
-UNHANDLED_EXIT = "unhandled-exit"
-ERROR = "error"                # a handler raised a Python exception
-SHUTDOWN = "shutdown"          # triple fault
-INTERNAL_ERROR = "internal-error"
-FAIL_ENTRY = "fail-entry"
-SYSTEM_EVENT = "system-event"
-RUNNING = "running"
-NOT_STARTED = "not-started"
-
-OK_STATUSES = frozenset({HALTED, TERMINATED, STOPPED})
-CRASH_STATUSES = frozenset({SHUTDOWN, INTERNAL_ERROR, FAIL_ENTRY, SYSTEM_EVENT})
 
 KICK_SIGNAL = signal.SIGUSR1
 EHWPOISON = getattr(errno, "EHWPOISON", 133)  # Linux asm-generic/errno.h; absent from Python
@@ -74,10 +58,24 @@ def install_kick_handler() -> None:
     signal.signal(KICK_SIGNAL, _noop_handler)
 
 
+class VcpuOwner(Protocol):
+    """What a vCPU uses of the guest that owns it (``snplab.vmm.guest.Guest``): a protocol, so
+    that this module does not import the guest module (which imports this one)."""
+
+    events: EventLog
+    handlers: HandlerRegistry
+    exit_decoders: dict[int, Callable[[Vcpu, uapi.kvm_run], None]]
+    doorbell_ports: set[int]
+    t_run0: float
+    elf: ElfImage
+
+    def _vcpu_finished(self, vcpu: Vcpu) -> None: ...
+
+
 class Vcpu:
     """A vCPU of `guest`: fd, kvm_run, status and the state platform handlers keep on it."""
 
-    def __init__(self, guest: Guest, index: int, fd: VcpuFd) -> None:
+    def __init__(self, guest: VcpuOwner, index: int, fd: VcpuFd) -> None:
         self.guest = guest
         self.index = index
         self.fd = fd
