@@ -15,8 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from snplab.remote.artifact import Artifact, files_zip
-from snplab.remote.host import Shipment
+from snplab.remote.artifact import Artifact, Shipment, files_zip
 
 
 def _keys_only_platform(**opts: Any) -> Any:

@@ -285,6 +285,17 @@ class SshTransport:
         pid, stderr = _parse_pid(err)
         return CommandResult(status, bytes(out), stderr, pid, time.monotonic() - start)
 
+    def open_channel(self, command: str) -> paramiko.Channel:
+        """Start a long-lived command on the host; the caller owns the channel (its stdin,
+        stdout and stderr are the command's)."""
+        t = self._transport()
+        try:
+            chan = t.open_session(timeout=self.options.connect_timeout)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise ConnectionLost(f"{self.where}: cannot open a session: {e or type(e).__name__}") from e
+        return chan
+
     def _timed_out(self, chan: paramiko.Channel, label: str, timeout: float, pid: int | None,
                    err: bytearray) -> CommandTimeout:
         # The pid line is the command's first output; give a late starter a moment to send it.
