@@ -70,3 +70,68 @@ def test_down_host_is_dropped_and_others_used(sshd, tmp_path):
         t = p.run(Scenario.single("req-certs", "milan", Step.ext(need)))
         assert t.status == "ok" and t.host["inventory_name"] == "lab0"
         assert isinstance(p.host_errors["down"], HostUnreachable)
+
+
+def server_pids(work) -> list[int]:
+    from sshd_fixture import snplab_processes
+
+    return [pid for pid, c in snplab_processes(str(work)) if "snplab-bootstrap" in c]
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_one_job_server_serves_every_guest_and_close_leaves_nothing(sshd, tmp_path):
+    """Sequential guests all run in the one job server started at preflight; run_many adds a
+    second server for the second concurrent guest; close() leaves no process on the host."""
+    with platform(sshd, tmp_path) as p:
+        need = pages_for(len(p.cert_blob("milan", "vcek")))
+        sc = Scenario.single("req-certs", "milan", Step.ext(need))
+        pids = {p.run(sc).host["job_pid"] for _ in range(4)}
+        assert len(pids) == 1 and server_pids(tmp_path / "work") == list(pids)
+        ts = p.run_many([sc, sc])
+        assert all(t.status == "ok" for t in ts) and len({t.host["job_pid"] for t in ts}) == 2
+        assert pids < {t.host["job_pid"] for t in ts}
+    assert server_pids(tmp_path / "work") == []
+
+
+def test_job_server_dies_with_its_channel(sshd, tmp_path):
+    """Closing the server's SSH channel (no kill, connection kept) ends the server on the host."""
+    with platform(sshd, tmp_path) as p:
+        host = p.hosts[0]
+        host.prepare()
+        conn = host._checkout()
+        assert server_pids(tmp_path / "work") == [conn.pid]
+        conn.chan.close()
+        assert wait_until(lambda: server_pids(tmp_path / "work") == [], 10), server_pids(tmp_path / "work")
+        # the next guest notices the dead server and starts another
+        need = pages_for(len(p.cert_blob("milan", "vcek")))
+        t = p.run(Scenario.single("req-certs", "milan", Step.ext(need)))
+        assert t.status == "ok" and t.host["job_pid"] != conn.pid
+
+
+def test_crashed_guest_is_its_own_failure_over_ssh(sshd, tmp_path):
+    """A guest that fails in the VMM (unknown fault) is an error transcript, a request the server
+    refuses (unreadable scenario) is RemoteJobFailed for that guest only; the same job server
+    runs the next guest."""
+    from snplab.remote.errors import RemoteJobFailed
+
+    with platform(sshd, tmp_path) as p:
+        need = pages_for(len(p.cert_blob("milan", "vcek")))
+        good = Scenario.single("req-certs", "milan", Step.ext(need))
+        pid = p.run(good).host["job_pid"]
+        bad = p.run(good.with_(faults=("no-such-fault",)))
+        assert bad.status == "error" and "no-such-fault" in bad.error and bad.host["job_pid"] == pid
+        with pytest.raises(RemoteJobFailed, match="guest job 'x' failed: .*abi"):
+            p.hosts[0].run_guest(dict(good.to_json(), abi="nope"), timeout=30, slot_wait=0,
+                                 owner="test", label="guest job 'x'")
+        t = p.run(good)
+        assert t.status == "ok" and t.host["job_pid"] == pid

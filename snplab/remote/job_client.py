@@ -39,6 +39,7 @@ class JobServerConn:
         self.stderr = bytearray()
         self.hello: dict[str, Any] = {}
         self.workdir = ""
+        self.shipped: list[str] = []  # what start() shipped (remotes)
 
     @property
     def pid(self) -> int | None:
@@ -65,6 +66,7 @@ class JobServerConn:
                 s = by_remote[remote]
                 conn._send(protocol.encode({"type": "file", "remote": s.remote})
                            + protocol.encode_bytes(s.artifact.data))
+                conn.shipped.append(s.remote)
             conn.hello = conn._recv(deadline, "hello")
         except BaseException:
             conn.close(wait=False)
@@ -89,11 +91,11 @@ class JobServerConn:
                 if got is not None:
                     ans = protocol.parse_json(*got)
                     break
+                if self._pump(deadline):
+                    continue
             except protocol.FrameError as e:
                 self.close(wait=False)
                 raise RemoteJobFailed(f"{self.transport.where}: {self.label} sent a bad frame: {e}") from None
-            if self._pump(deadline):
-                continue
             if self.chan.eof_received and not self.chan.recv_ready():
                 status = self._exit_status(1.0)
                 self.close(wait=False)

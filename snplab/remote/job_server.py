@@ -20,13 +20,14 @@ guest's ``failed``/error answer; the server carries on with the next request. Ea
 a guest slot on the host (``snplab.remote.host_slots``) for exactly the guest's duration.
 
 The server never outlives its controller: it exits when stdin reaches EOF (the SSH channel
-closed: controller gone or done), when its parent dies (``PR_SET_PDEATHSIG``), when a guest
-overruns ``deadline_s`` (the guest is answered ``failed`` first: its threads cannot be trusted),
+closed: controller gone or done), when its parent dies (``PR_SET_PDEATHSIG``), when a request
+overruns its ``deadline_s`` (slot wait + guest; answered ``failed`` first: a guest still running
+then cannot be trusted),
 and after ``--max-idle`` seconds without a request; leading its process group (as under sshd), it
 takes anything it started with it. A malformed or oversized frame is answered ``error`` and ends
 the server with status 2 (the stream cannot be trusted after it).
 
-Exit status: 0 stdin closed or idle, 2 bad frame, 124 guest overran its deadline, 129 parent gone,
+Exit status: 0 stdin closed or idle, 2 bad frame, 124 a request overran its deadline, 129 parent gone,
 1 anything else; every exit other than a plain EOF prints one line on stderr.
 """
 
@@ -209,11 +210,11 @@ class JobServer:
             from snplab.scenario import Scenario
 
             scenario = Scenario.from_json(req["scenario"])
+            timer.start()  # the deadline covers the wait for a slot too
             lease = host_slots.acquire(self.workdir / "slots", int(req.get("capacity") or 1),
                                        str(req.get("owner") or ""), wait_s=float(req.get("slot_wait") or 0))
             if lease is None:
                 return {"type": "result", "id": rid, "outcome": "busy"}
-            timer.start()
             platform = self.platform_for(req)
             wall_start = time.time()
             transcript = platform.run(scenario)
@@ -236,7 +237,7 @@ class JobServer:
         return {"type": "result", "id": rid, "outcome": "ok", "transcript": doc}
 
     def _overran(self, rid: Any) -> None:
-        msg = f"guest overran its deadline; job server {os.getpid()} exits"
+        msg = f"request overran its deadline; job server {os.getpid()} exits"
         try:
             send({"type": "result", "id": rid, "outcome": "failed", "error": msg})
         finally:

@@ -8,7 +8,7 @@ frame is a ``FrameError`` with a one-line reason; nothing waits for bytes that w
 readers take deadlines).
 
 Start-up (``bootstrap_main``) runs on the host *before* the snplab package is there: the
-controller starts ``python3 -c STUB`` (``bootstrap_command``), which reads this module's source
+controller starts ``python3 -c STUB`` (``snplab.remote.job_client``), which reads this module's source
 from stdin and runs it. It answers with a ``need`` frame listing which of the shipments it was
 told about are missing from the host's cache, stores each one the controller then sends
 (``store_shipment``: atomic, a zip unpacked into a directory marked complete), puts the package
