@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+from sshd_fixture import job_servers, wait_for
 
 from snplab.platform import default_payload_path, kvm_problem
 from snplab.remote.errors import HostUnreachable
@@ -72,23 +73,6 @@ def test_down_host_is_dropped_and_others_used(sshd, tmp_path):
         assert isinstance(p.host_errors["down"], HostUnreachable)
 
 
-def server_pids(work) -> list[int]:
-    from sshd_fixture import snplab_processes
-
-    return [pid for pid, c in snplab_processes(str(work)) if "snplab-bootstrap" in c]
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 def test_one_job_server_serves_every_guest_and_close_leaves_nothing(sshd, tmp_path):
     """Sequential guests all run in the one job server started at preflight; run_many adds a
     second server for the second concurrent guest; close() leaves no process on the host."""
@@ -96,11 +80,11 @@ def test_one_job_server_serves_every_guest_and_close_leaves_nothing(sshd, tmp_pa
         need = pages_for(len(p.cert_blob("milan", "vcek")))
         sc = Scenario.single("req-certs", "milan", Step.ext(need))
         pids = {p.run(sc).host["job_pid"] for _ in range(4)}
-        assert len(pids) == 1 and server_pids(tmp_path / "work") == list(pids)
+        assert len(pids) == 1 and job_servers(str(tmp_path / "work")) == list(pids)
         ts = p.run_many([sc, sc])
         assert all(t.status == "ok" for t in ts) and len({t.host["job_pid"] for t in ts}) == 2
         assert pids < {t.host["job_pid"] for t in ts}
-    assert server_pids(tmp_path / "work") == []
+    assert job_servers(str(tmp_path / "work")) == []
 
 
 def test_job_server_dies_with_its_channel(sshd, tmp_path):
@@ -109,9 +93,9 @@ def test_job_server_dies_with_its_channel(sshd, tmp_path):
         host = p.hosts[0]
         host.prepare()
         conn = host._checkout()
-        assert server_pids(tmp_path / "work") == [conn.pid]
+        assert job_servers(str(tmp_path / "work")) == [conn.pid]
         conn.chan.close()
-        assert wait_until(lambda: server_pids(tmp_path / "work") == [], 10), server_pids(tmp_path / "work")
+        assert wait_for(lambda: job_servers(str(tmp_path / "work")) == [], 10), job_servers(str(tmp_path / "work"))
         # the next guest notices the dead server and starts another
         need = pages_for(len(p.cert_blob("milan", "vcek")))
         t = p.run(Scenario.single("req-certs", "milan", Step.ext(need)))

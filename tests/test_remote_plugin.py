@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-from sshd_fixture import inventory_toml, snplab_processes
+from sshd_fixture import inventory_toml, job_servers, snplab_processes, wait_for
 
 from snplab.remote import host_slots
 from snplab.remote.loopback import free_port, public_line, write_ed25519_key
 
 ROOT = Path(__file__).resolve().parents[1]
-BOOTSTRAP = "snplab-bootstrap"  # in the job server's command line (snplab.remote.protocol.STUB)
 
 INNER_TESTS = """
 from snplab.scenario import Scenario, Step
@@ -128,15 +127,6 @@ def threads_of(pid: int) -> int:
         return 0
 
 
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_killed_controller_leaves_no_waiting_job(sshd, tmp_path):
     """SIGKILL the controller while its job server waits for a slot (held by the test) for its
     guest: within seconds no process of that server is left on the host."""
@@ -150,7 +140,7 @@ def test_killed_controller_leaves_no_waiting_job(sshd, tmp_path):
         assert ctl.stdout.readline().strip() == "ready"
         # the job server is up once a process in our work dir runs the bootstrap; its run
         # request then waits for the slot the test holds
-        assert wait_for(lambda: any(BOOTSTRAP in c for _, c in snplab_processes(str(work))), 60), \
+        assert wait_for(lambda: job_servers(str(work)) != [], 60), \
             ctl.stderr.read() if ctl.poll() is not None else "no job server started"
         time.sleep(0.5)
         assert ctl.poll() is None, ctl.stderr.read()
@@ -182,7 +172,7 @@ def test_killed_controller_mid_guest_leaves_nothing(sshd, tmp_path):
         assert ctl.stdout.readline().strip() == "ready"
 
         def guest_running() -> bool:
-            jobs = [pid for pid, c in snplab_processes(str(work)) if BOOTSTRAP in c]
+            jobs = job_servers(str(work))
             # main + request reader + deadline timer, plus one thread per vCPU once the guest runs
             return bool(jobs) and threads_of(jobs[0]) >= 3 + 4
 

@@ -327,15 +327,6 @@ class SshTransport:
         except (RemoteError, paramiko.SSHException, OSError, EOFError) as e:
             log.warning("%s: could not kill remote process group %d: %s", self.where, pid, e)
 
-    def put(self, data: bytes, remote_path: str, timeout: float | None = None) -> None:
-        """Write data to remote_path atomically (temp file + rename)."""
-        q = shlex.quote
-        cmd = (f"mkdir -p {q(str(Path(remote_path).parent))} && t={q(remote_path)}.tmp.$$ && "
-               f"cat > \"$t\" && mv -f \"$t\" {q(remote_path)}")
-        res = self.run(cmd, stdin=data, timeout=timeout)
-        if res.exit_status != 0:
-            raise ConnectionLost(f"{self.where}: upload to {remote_path} failed: {last_line(res.stderr)}")
-
     def close(self) -> None:
         with self._lock:
             self._close_locked()
