@@ -100,3 +100,45 @@ def test_capacity_is_inventory_bounded_by_host(sshd, tmp_path):
     h.prepare()
     h.close()
     assert h.capacity == h.facts["capacity"] >= 1
+
+
+def test_server_start_that_hangs_is_killed(sshd, tmp_path):
+    """A host "python" that never answers: start gives up at its deadline with CommandTimeout and
+    kills what it started (the pid comes from the shell, before Python could say anything)."""
+    import time
+
+    import pytest
+    from sshd_fixture import snplab_processes, wait_for
+
+    from snplab.remote.artifact import Shipment
+    from snplab.remote.errors import CommandTimeout
+    from snplab.remote.job_client import JobServerConn
+    from snplab.remote.transport import SshTransport
+
+    hang = tmp_path / "hanging-python"
+    hang.write_text("#!/bin/sh\nexec sleep 300\n")
+    hang.chmod(0o755)
+    work = tmp_path / "work"
+    pkg = Shipment.package(artifact.snplab_package())
+    with SshTransport(sshd.endpoint(), FAST) as t:
+        t0 = time.monotonic()
+        with pytest.raises(CommandTimeout, match=r"start timed out after 1 s, remote process group \d+ killed"):
+            JobServerConn.start(t, str(work), str(hang), [pkg], pkg, [], timeout=1.0)
+        assert time.monotonic() - t0 < 8
+        assert wait_for(lambda: snplab_processes(str(work)) == [], 10), snplab_processes(str(work))
+
+
+def test_missing_python_on_the_host_is_one_line(sshd, tmp_path):
+    """The inventory's python does not exist on the host: RemoteJobFailed naming the shell's
+    complaint, no traceback."""
+    import pytest
+
+    from snplab.remote.errors import RemoteJobFailed
+
+    entry = HostEntry(endpoint=sshd.endpoint(), capacity=1, workdir=str(tmp_path / "w"),
+                      python="/nonexistent/python3")
+    h = RemoteHost(entry, FAST, "emulated", artifact.snplab_package(), None)
+    with pytest.raises(RemoteJobFailed, match="exited 127 before answering 'need': .*nonexistent/python3") as ei:
+        h.prepare()
+    h.close()
+    assert "\n" not in str(ei.value)

@@ -22,7 +22,7 @@ import paramiko
 from snplab.remote import protocol
 from snplab.remote.artifact import Shipment
 from snplab.remote.errors import CommandTimeout, ConnectionLost, RemoteJobFailed
-from snplab.remote.transport import SshTransport, last_line
+from snplab.remote.transport import PID_MARK, SshTransport, last_line, parse_pid
 
 STDERR_TAIL = 8192  # bytes of the server's stderr kept for error messages
 CLOSE_WAIT_S = 5.0  # how long close() waits for the server to exit after EOF
@@ -36,14 +36,16 @@ class JobServerConn:
         self.chan = chan
         self.label = label
         self.decoder = protocol.FrameDecoder()
-        self.stderr = bytearray()
+        self.stderr = bytearray()  # its tail, without the shell's pid line
+        self._shell_pid: int | None = None
         self.hello: dict[str, Any] = {}
         self.workdir = ""
         self.shipped: list[str] = []  # what start() shipped (remotes)
 
     @property
     def pid(self) -> int | None:
-        return self.hello.get("pid")
+        """The server's pid (= its process group): from hello, else the shell's first line."""
+        return self.hello.get("pid") or self._shell_pid
 
     @classmethod
     def start(cls, transport: SshTransport, workdir: str, python: str, ships: Sequence[Shipment],
@@ -53,21 +55,27 @@ class JobServerConn:
         source = protocol.bootstrap_source()
         spec = json.dumps({"ships": [[s.remote, s.unpack] for s in ships], "package": package.remote,
                            "argv": list(argv)})
-        cmd = (f"mkdir -p {q(workdir)} && cd {q(workdir)} && exec {q(python)} -c {q(protocol.STUB)} "
-               f"{len(source)} {q(spec)}")
+        # the shell's pid first (stderr): exec keeps it, so a start that hangs can be killed too
+        cmd = (f"echo {PID_MARK.decode()}$$ >&2; mkdir -p {q(workdir)} && cd {q(workdir)} && "
+               f"exec {q(python)} -c {q(protocol.STUB)} {len(source)} {q(spec)}")
         conn = cls(transport, transport.open_channel(cmd), "job server start")
         deadline = time.monotonic() + timeout
         try:
-            conn._send(source)
+            conn._send(source, deadline)
             need = conn._recv(deadline, "need")
             conn.workdir = str(need.get("workdir") or workdir)
             by_remote = {s.remote: s for s in ships}
             for remote in need.get("missing") or ():
                 s = by_remote[remote]
                 conn._send(protocol.encode({"type": "file", "remote": s.remote})
-                           + protocol.encode_bytes(s.artifact.data))
+                           + protocol.encode_bytes(s.artifact.data), deadline)
                 conn.shipped.append(s.remote)
             conn.hello = conn._recv(deadline, "hello")
+        except CommandTimeout:
+            pid = conn.pid
+            conn.kill()
+            raise CommandTimeout(f"{transport.where}: job server start timed out after {timeout:g} s"
+                                 + (f", remote process group {pid} killed" if pid else "")) from None
         except BaseException:
             conn.close(wait=False)
             raise
@@ -76,9 +84,14 @@ class JobServerConn:
 
     # -- frames ----------------------------------------------------------------------------------
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, deadline: float) -> None:
+        """Send bytes, bounded by deadline (a server that stops reading cannot block us)."""
         try:
+            self.chan.settimeout(max(0.1, deadline - time.monotonic()))
             self.chan.sendall(data)
+            self.chan.settimeout(None)
+        except TimeoutError:
+            raise CommandTimeout(f"{self.transport.where}: {self.label}: not reading its input") from None
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise ConnectionLost(f"{self.transport.where}: {self.label}: channel closed while "
                                  f"sending ({e or type(e).__name__}){self._why()}") from e
@@ -123,9 +136,7 @@ class JobServerConn:
         left = max(0.0, min(deadline - time.monotonic(), 0.5))
         if not self.chan.recv_ready():
             select.select([self.chan], [], [], left)
-        while self.chan.recv_stderr_ready():
-            self.stderr += self.chan.recv_stderr(1 << 16)
-            del self.stderr[:-STDERR_TAIL]
+        self._drain_stderr()
         fed = False
         while self.chan.recv_ready():
             data = self.chan.recv(1 << 16)
@@ -141,9 +152,18 @@ class JobServerConn:
             time.sleep(0.01)
         return self.chan.recv_exit_status() if self.chan.exit_status_ready() else None
 
-    def _why(self) -> str:
+    def _drain_stderr(self) -> None:
         while self.chan.recv_stderr_ready():
             self.stderr += self.chan.recv_stderr(1 << 16)
+            if self._shell_pid is None:
+                pid, rest = parse_pid(self.stderr)
+                if pid is not None:
+                    self._shell_pid, self.stderr = pid, bytearray(rest)
+            if self._shell_pid is not None:
+                del self.stderr[:-STDERR_TAIL]
+
+    def _why(self) -> str:
+        self._drain_stderr()
         return f": {last_line(bytes(self.stderr))}" if self.stderr.strip() else ""
 
     # -- requests --------------------------------------------------------------------------------
@@ -153,8 +173,9 @@ class JobServerConn:
         """Send a request (and a bytes frame after it) and wait up to timeout for its answer;
         on timeout the server's process group is killed and CommandTimeout raised."""
         deadline = time.monotonic() + timeout
-        self._send(protocol.encode(obj) + (protocol.encode_bytes(data) if data is not None else b""))
         try:
+            self._send(protocol.encode(obj) + (protocol.encode_bytes(data) if data is not None else b""),
+                       deadline)
             return self._recv(deadline, want)
         except CommandTimeout:
             pid = self.pid
@@ -172,6 +193,7 @@ class JobServerConn:
 
     def kill(self) -> None:
         """SIGKILL the server's process group (over another channel) and close."""
+        self._drain_stderr()  # the shell's pid line may be all we have
         if self.pid is not None:
             self.transport.kill_group(int(self.pid))
         self.close(wait=False)

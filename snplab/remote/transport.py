@@ -268,7 +268,7 @@ class SshTransport:
                 if readable and len(out) + len(err) == got:
                     time.sleep(0.005)  # EOF seen, exit status not yet: do not spin
                 if pid is None:
-                    pid = _parse_pid(err)[0]
+                    pid = parse_pid(err)[0]
                 if chan.exit_status_ready() and chan.eof_received:
                     while chan.recv_ready():
                         out += chan.recv(1 << 16)
@@ -282,7 +282,7 @@ class SshTransport:
             status = chan.recv_exit_status()
         finally:
             chan.close()
-        pid, stderr = _parse_pid(err)
+        pid, stderr = parse_pid(err)
         return CommandResult(status, bytes(out), stderr, pid, time.monotonic() - start)
 
     def open_channel(self, command: str) -> paramiko.Channel:
@@ -306,7 +306,7 @@ class SshTransport:
                 err += chan.recv_stderr(1 << 16)
             while chan.recv_ready():
                 chan.recv(1 << 16)
-            pid = _parse_pid(err)[0]
+            pid = parse_pid(err)[0]
         if pid is not None:
             self.kill_group(pid)
         chan.close()  # a guest job also sees EOF on its stdin and exits by itself
@@ -344,7 +344,7 @@ class SshTransport:
         self.close()
 
 
-def _parse_pid(err: bytes | bytearray) -> tuple[int | None, bytes]:
+def parse_pid(err: bytes | bytearray) -> tuple[int | None, bytes]:
     """Split the pid line off stderr; (None, err) while it has not arrived."""
     if not err.startswith(PID_MARK):
         return None, bytes(err)
