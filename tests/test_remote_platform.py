@@ -119,3 +119,40 @@ def test_crashed_guest_is_its_own_failure_over_ssh(sshd, tmp_path):
                                  owner="test", label="guest job 'x'")
         t = p.run(good)
         assert t.status == "ok" and t.host["job_pid"] == pid
+
+
+def test_server_killed_mid_request_fails_that_guest_only(sshd, tmp_path):
+    """The job server dies (SIGKILL, as an OOM kill or a crash in the VMM would) while a guest
+    request is in it: that guest is RemoteJobFailed at once, and the next guest gets a new server."""
+    import signal
+    import threading
+
+    from snplab.remote import host_slots
+    from snplab.remote.errors import RemoteJobFailed
+
+    with platform(sshd, tmp_path, capacity=1) as p:
+        need = pages_for(len(p.cert_blob("milan", "vcek")))
+        good = Scenario.single("req-certs", "milan", Step.ext(need))
+        pid = p.run(good).host["job_pid"]
+        held = host_slots.try_acquire(tmp_path / "work" / "slots", 1, "the test")
+        errors: list[BaseException] = []
+
+        def request() -> None:
+            try:
+                p.hosts[0].run_guest(good.to_json(), timeout=60, slot_wait=60, owner="t", label="guest job 'k'")
+            except BaseException as e:  # noqa: BLE001 - handed to the test thread
+                errors.append(e)
+
+        th = threading.Thread(target=request)
+        th.start()
+        try:
+            assert not wait_for(lambda: not th.is_alive(), 0.5), "the request should wait for the slot"
+            os.kill(pid, signal.SIGKILL)
+            th.join(10)
+        finally:
+            held.release()
+        assert not th.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], RemoteJobFailed), errors
+        assert "before answering 'result'" in str(errors[0])
+        t = p.run(good)
+        assert t.status == "ok" and t.host["job_pid"] != pid
