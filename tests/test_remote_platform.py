@@ -156,3 +156,19 @@ def test_server_killed_mid_request_fails_that_guest_only(sshd, tmp_path):
         assert "before answering 'result'" in str(errors[0])
         t = p.run(good)
         assert t.status == "ok" and t.host["job_pid"] != pid
+
+
+def test_new_keys_reach_the_host(sshd, tmp_path, monkeypatch):
+    """Keys made on the controller after the first guest (a second product) are shipped in a new
+    tree before the guest that needs them: both products' reports verify against the
+    controller's roots."""
+    monkeypatch.setenv("SNPLAB_CACHE", str(tmp_path / "controller-cache"))
+    from snplab import checks
+
+    with platform(sshd, tmp_path) as p:
+        for product in ("milan", "genoa"):
+            blob = p.cert_blob(product, "vcek")
+            t = p.run(Scenario.single("req-certs", product, Step.ext(pages_for(len(blob)))))
+            assert t.status == "ok" and t.cert_blob == blob, t.summary()
+            checks.assert_step_verified(t, 0, 0, p.trust(product))
+    assert len(list((tmp_path / "work" / "keys").glob("*/.complete"))) == 2
