@@ -46,8 +46,18 @@ def as_bytes(v: Any) -> bytes:
     return bytes(v)
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def jsonable(obj: Any) -> Any:
     """Deep copy of ``obj`` with bytes as hex text, tuples as lists and dataclasses as dicts."""
+    t = type(obj)  # exact types first: a transcript is mostly these, and ABC checks are slow
+    if t in _PLAIN:
+        return obj
+    if t is dict:
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if t is list or t is tuple:
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return bytes(obj).hex()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,18 @@ def snplab_processes(marker: str) -> list[tuple[int, str]]:
         if (marker in cmd or marker in cwd) and "\tZ" not in state:
             found.append((int(d.name), cmd.strip()))
     return found
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll predicate until it holds or timeout seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def job_servers(marker: str) -> list[int]:
+    """Pids of live job servers whose command line or working directory contains marker."""
+    return [pid for pid, c in snplab_processes(marker) if "snplab-bootstrap" in c]

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sshd_fixture import inventory_toml, snplab_processes
+from sshd_fixture import inventory_toml, job_servers, snplab_processes, wait_for
 
 from snplab.remote import host_slots
 from snplab.remote.loopback import free_port, public_line, write_ed25519_key
@@ -127,18 +127,9 @@ def threads_of(pid: int) -> int:
         return 0
 
 
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_killed_controller_leaves_no_waiting_job(sshd, tmp_path):
-    """SIGKILL the controller while its remote job waits for a slot (held by the test):
-    within seconds no process of that job is left on the host."""
+    """SIGKILL the controller while its job server waits for a slot (held by the test) for its
+    guest: within seconds no process of that server is left on the host."""
     work = tmp_path / "work"
     (tmp_path / "hosts.toml").write_text(inventory_toml([sshd], work, capacity=1))
     lease = host_slots.try_acquire(work / sshd.name / "slots", 1, "the test")
@@ -147,9 +138,12 @@ def test_killed_controller_leaves_no_waiting_job(sshd, tmp_path):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert ctl.stdout.readline().strip() == "ready"
-        # the remote job is up once a process with our work dir in its command line exists
-        assert wait_for(lambda: any("--slot-wait" in c for _, c in snplab_processes(str(work))), 60), \
-            ctl.stderr.read() if ctl.poll() is not None else "no remote job started"
+        # the job server is up once a process in our work dir runs the bootstrap; its run
+        # request then waits for the slot the test holds
+        assert wait_for(lambda: job_servers(str(work)) != [], 60), \
+            ctl.stderr.read() if ctl.poll() is not None else "no job server started"
+        time.sleep(0.5)
+        assert ctl.poll() is None, ctl.stderr.read()
         os.kill(ctl.pid, signal.SIGKILL)
         ctl.wait()
         assert wait_for(lambda: snplab_processes(str(work)) == [], 15), snplab_processes(str(work))
@@ -163,7 +157,7 @@ def test_killed_controller_leaves_no_waiting_job(sshd, tmp_path):
 @pytest.mark.kvm
 def test_killed_controller_mid_guest_leaves_nothing(sshd, tmp_path):
     """SIGKILL the controller while its guest runs on the host (vCPU threads in KVM_RUN): the
-    job and its VM are gone within seconds, and its slot is free again."""
+    job server and its VM are gone within seconds, and its slot is free again."""
     try:
         os.close(os.open("/dev/kvm", os.O_RDWR))
     except OSError as e:
@@ -178,8 +172,8 @@ def test_killed_controller_mid_guest_leaves_nothing(sshd, tmp_path):
         assert ctl.stdout.readline().strip() == "ready"
 
         def guest_running() -> bool:
-            jobs = [pid for pid, c in snplab_processes(str(work)) if "snplab.vmm.job" in c and "--probe" not in c]
-            # main + stdin watcher + watchdog, plus one thread per vCPU once the guest runs
+            jobs = job_servers(str(work))
+            # main + request reader + deadline timer, plus one thread per vCPU once the guest runs
             return bool(jobs) and threads_of(jobs[0]) >= 3 + 4
 
         assert wait_for(guest_running, 90), \

@@ -136,14 +136,3 @@ def test_jump_host(sshd):
         r = t.run("echo via-jump")
         assert r.stdout == b"via-jump\n"
         assert t._jump_client is not None  # the connection really went through the jump
-
-
-def test_put_is_atomic_file_write(sshd, tmp_path: Path):
-    """put() writes bytes exactly, creating directories, replacing an old file."""
-    dest = tmp_path / "a" / "b" / "blob.bin"
-    data = bytes(range(256)) * 1000
-    with SshTransport(sshd.endpoint(), FAST) as t:
-        t.put(b"old", str(dest))
-        t.put(data, str(dest))
-    assert dest.read_bytes() == data
-    assert [p.name for p in dest.parent.iterdir()] == ["blob.bin"]

@@ -1,9 +1,12 @@
 """What the controller ships to a lab host, named by content hash so the host caches it.
 
 * the snplab package as a deterministic zip (same sources -> same bytes -> same hash), unpacked
-  on the host into ``<workdir>/pkg/<hash>/`` and put on ``PYTHONPATH``; unpacked rather than
-  imported from the zip so code that reads files next to its modules works unchanged;
+  on the host into ``<workdir>/pkg/<hash>/`` and put on ``sys.path``; unpacked rather than
+  imported from the zip so code that reads files next to its modules works unchanged (and Python
+  caches its bytecode there, so only the first job server on a host compiles it);
 * the guest payload ELF, stored as ``<workdir>/payload/<hash>.elf``.
+
+Shipping itself goes over the job server's own channel (``snplab.remote.protocol``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import snplab
+from snplab.remote.protocol import shipment_marker
 
 HASH_CHARS = 16  # 64 bits of SHA-256: plenty to tell builds apart
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -33,6 +37,32 @@ class Artifact:
     @classmethod
     def of(cls, data: bytes) -> Artifact:
         return cls(data, hashlib.sha256(data).hexdigest()[:HASH_CHARS])
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """An artifact and where it lives under the host's workdir: a file, or a zip unpacked into a
+    directory (``unpack``), complete once ``<dir>/.complete`` exists."""
+
+    artifact: Artifact
+    remote: str  # relative to the workdir
+    unpack: bool = False
+
+    @property
+    def marker(self) -> str:
+        return shipment_marker(self.remote, self.unpack)
+
+    @classmethod
+    def package(cls, a: Artifact) -> Shipment:
+        return cls(a, f"pkg/{a.digest}", unpack=True)
+
+    @classmethod
+    def file(cls, a: Artifact, kind: str, suffix: str) -> Shipment:
+        return cls(a, f"{kind}/{a.digest}{suffix}")
+
+    @classmethod
+    def tree(cls, a: Artifact, kind: str) -> Shipment:
+        return cls(a, f"{kind}/{a.digest}", unpack=True)
 
 
 def package_zip(package_dir: Path) -> bytes:
@@ -66,28 +96,3 @@ def snplab_package() -> Artifact:
 def payload(path: Path) -> Artifact:
     """A payload ELF read from disk."""
     return Artifact.of(Path(path).read_bytes())
-
-
-# Runs on the host with its python3: unpack pkg zip argv[1] into directory argv[2] atomically,
-# then prune sibling versions untouched for a day beyond the newest KEEP.
-UNPACK_SCRIPT = """\
-import compileall, os, shutil, sys, time, zipfile
-KEEP, AGE = 8, 86400
-src, final = sys.argv[1], sys.argv[2]
-tmp = "%s.tmp.%d" % (final, os.getpid())
-zipfile.ZipFile(src).extractall(tmp)
-compileall.compile_dir(tmp, quiet=2)  # jobs start faster, even where bytecode writing is off
-open(os.path.join(tmp, ".complete"), "w").close()
-try:
-    os.rename(tmp, final)
-except OSError:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if not os.path.exists(os.path.join(final, ".complete")):
-        raise
-os.unlink(src)
-d = os.path.dirname(final)
-entries = sorted((os.path.getmtime(os.path.join(d, n)), n) for n in os.listdir(d))
-for mtime, n in entries[:-KEEP]:
-    if time.time() - mtime > AGE and ".tmp." not in n and not n.endswith(".zip"):
-        shutil.rmtree(os.path.join(d, n), ignore_errors=True)
-"""

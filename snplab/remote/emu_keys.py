@@ -11,12 +11,12 @@ the same local keys. Emulated keys only: nothing here applies to ``--remote-plat
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
-from snplab.remote.artifact import Artifact, files_zip
-from snplab.remote.host import Shipment
+from snplab.remote.artifact import Artifact, Shipment, files_zip
 
 
 def _keys_only_platform(**opts: Any) -> Any:
@@ -38,7 +38,7 @@ class EmulatedKeyMirror:
 
         self._local = _keys_only_platform(**platform_opts)
         self.directory = Path(keys.default_store().directory)
-        self._signature: tuple[tuple[str, int, int], ...] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._shipment: Shipment | None = None
         self._lock = threading.Lock()
 
@@ -52,15 +52,21 @@ class EmulatedKeyMirror:
         return sorted(p for p in self.directory.glob("v*.json") if p.is_file())
 
     def shipment_for(self, product: str, signer: str) -> Shipment:
-        """The key tree to run a (product, signer) guest with, generating local keys first."""
+        """The key tree to run a (product, signer) guest with, generating local keys first.
+
+        Always the whole cache (a superset once every key exists, so a job server keeps one
+        platform object for the run); re-zipped only when the cache directory changed (keys are
+        written by atomic rename, which changes the directory's mtime and entries)."""
         self.cert_blob(product, signer)  # roots + VCEK (+ VLEK) now exist in the local cache
         with self._lock:
-            files = self._files()
-            signature = tuple((p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in files)
-            if signature != self._signature or self._shipment is None:
+            st = self.directory.stat()
+            # the entry count too, in case the file system's mtime is coarse
+            stamp = (st.st_ino, st.st_mtime_ns, len(os.listdir(self.directory)))
+            if stamp != self._stamp or self._shipment is None:
+                files = self._files()
                 data = files_zip({f"emu-keys/{p.name}": p.read_bytes() for p in files})
                 self._shipment = Shipment.tree(Artifact.of(data), "keys")
-                self._signature = signature
+                self._stamp = stamp
             return self._shipment
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """Facts about the host a guest job runs on (kernel, SNP ASIDs, memory) and the capacity they allow.
 
-Runs on the lab host (inside ``python3 -m snplab.vmm.job``), standard library only, reads /proc
-and /sys only. Every transcript carries ``host_facts()``; ``--probe`` prints them at preflight.
+Runs on the lab host (inside the job server, ``python3 -m snplab.remote.job_server``), standard
+library only, reads /proc and /sys only. Every transcript carries ``host_facts()``; the server's
+``hello`` (and ``--probe``) carries ``probe()`` for preflight.
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
-"""Guest slots on a lab host: at most ``capacity`` guest jobs at once, enforced on the host itself.
+"""Guest slots on a lab host: at most ``capacity`` guests at once, enforced on the host itself.
 
-Runs on the lab host (inside ``python3 -m snplab.vmm.job``), standard library only. Slot ``i`` is
-the file ``<dir>/slot-<i>.lock``; a job owns the slot while it holds an exclusive ``flock`` on it.
-The kernel drops the lock when the job exits for any reason (crash, SIGKILL, the SSH connection
-dropping), so a lease is released on exit with no cleanup step; a job that hangs is bounded by the
-job's own watchdog (``--max-seconds``), which is the lease's stale timeout. The file's content
-(owner, pid, start time) is informational only: a leftover file that nobody has locked is free.
-Because the lock lives on the host, the limit also holds across several controllers (two CI runs
-sharing a lab) and across xdist workers.
+Runs on the lab host (inside the job server, ``python3 -m snplab.remote.job_server``), standard
+library only. Slot ``i`` is the file ``<dir>/slot-<i>.lock``; a guest owns the slot while its job
+server holds an exclusive ``flock`` on it, taken for each guest and dropped when the guest ends.
+The kernel also drops the lock when the server exits for any reason (crash, SIGKILL, the SSH
+connection dropping), so a lease never outlives its holder and needs no cleanup step; a guest
+that hangs is bounded by the request's deadline (the server exits), which is the lease's stale
+timeout. The file's content (owner, pid, start time) is informational only: a leftover file that
+nobody has locked is free. Because the lock lives on the host, the limit also holds across
+several controllers (two CI runs sharing a lab) and across xdist workers.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ error, see ``snplab.remote.pytest_remote``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from snplab.remote import artifact
-from snplab.remote.artifact import Artifact
+from snplab.remote.artifact import Artifact, Shipment
 from snplab.remote.emu_keys import EmulatedKeyMirror
 from snplab.remote.errors import (
     AuthFailed,
@@ -36,7 +35,7 @@ from snplab.remote.errors import (
     RemoteError,
     RemoteJobFailed,
 )
-from snplab.remote.host import RemoteHost, Shipment
+from snplab.remote.host import RemoteHost
 from snplab.remote.inventory import HostEntry
 from snplab.remote.transport import SshOptions
 from snplab.scenario import Scenario
@@ -93,8 +92,7 @@ class SshPlatform:
         self.abi = abi
         package = artifact.snplab_package()
         pl = artifact.payload(payload) if payload is not None else None
-        job_args = ("--abi", abi) if abi else ()
-        self.hosts = [RemoteHost(h, options, remote_platform, package, pl, job_args) for h in hosts]
+        self.hosts = [RemoteHost(h, options, remote_platform, package, pl, abi) for h in hosts]
         self.host_errors: dict[str, RemoteError] = {}
         self._lock = threading.Lock()
         # emulated: one key hierarchy for controller and hosts; a local blob file is shipped.
@@ -152,32 +150,31 @@ class SshPlatform:
             self.host_errors.setdefault(host.name, e)
         log.error("dropping host %s for this run: %s", host.name, e)
 
-    def _job_files(self, host: RemoteHost, scenario: Scenario) -> tuple[Shipment | None, list[Shipment], list[str]]:
-        """(key tree, other shipments, job options) a guest of this scenario needs on host."""
+    def _job_files(self, host: RemoteHost, scenario: Scenario) -> tuple[Shipment | None, list[Shipment], str | None]:
+        """(key tree, other shipments, certificate blob path) a guest of this scenario needs on host."""
         if self._keys is not None:
             keys = self._keys.shipment_for(scenario.product, scenario.signer)
             if self._blob is not None:
-                return keys, [self._blob], ["--certs-blob", self._blob.remote]
-            return keys, [], []
-        blob = host.entry.certs_blob or self._remote_blob_path
-        return None, [], (["--certs-blob", blob] if blob else [])
+                return keys, [self._blob], self._blob.remote
+            return keys, [], None
+        return None, [], host.entry.certs_blob or self._remote_blob_path
 
     # -- running -------------------------------------------------------------------------------
 
     def run(self, scenario: Scenario) -> Transcript:
         """Run one guest on a lab host and return its transcript (host facts filled in)."""
-        line = json.dumps(scenario.to_json(), separators=(",", ":")).encode()
+        doc = scenario.to_json()
         timeout = scenario.guest_timeout + self.job_overhead_s
         deadline = time.monotonic() + self.lease_timeout
         wait = 0.0
         while True:
             for host in self._usable():
                 t0 = time.monotonic()
-                keys, ship, args = self._job_files(host, scenario)
+                keys, ship, blob = self._job_files(host, scenario)
                 try:
-                    outcome = host.run_job(line, timeout=timeout, slot_wait=wait, owner=self.owner,
-                                           label=f"guest job {scenario.name!r}", keys=keys, ship=ship,
-                                           job_args=args)
+                    outcome = host.run_guest(doc, timeout=timeout, slot_wait=wait, owner=self.owner,
+                                             label=f"guest job {scenario.name!r}", keys=keys, ship=ship,
+                                             certs_blob=blob)
                 except (HostKeyUnknown, HostKeyChanged, AuthFailed, HostUnreachable) as e:
                     self._drop(host, e)  # e.g. the host went down since preflight: try the others
                     continue
@@ -192,7 +189,7 @@ class SshPlatform:
             wait = min(1.0, max(0.05, wait * 2))
 
     def run_many(self, scenarios: Sequence[Scenario]) -> list[Transcript]:
-        """Run several guests at the same time: one job each, in parallel (each takes a slot)."""
+        """Run several guests at the same time, in parallel (each on its own job server and slot)."""
         if len(scenarios) <= 1:
             return [self.run(s) for s in scenarios]
         with ThreadPoolExecutor(max_workers=len(scenarios), thread_name_prefix="snplab-ssh") as ex:

@@ -268,7 +268,7 @@ class SshTransport:
                 if readable and len(out) + len(err) == got:
                     time.sleep(0.005)  # EOF seen, exit status not yet: do not spin
                 if pid is None:
-                    pid = _parse_pid(err)[0]
+                    pid = parse_pid(err)[0]
                 if chan.exit_status_ready() and chan.eof_received:
                     while chan.recv_ready():
                         out += chan.recv(1 << 16)
@@ -282,8 +282,19 @@ class SshTransport:
             status = chan.recv_exit_status()
         finally:
             chan.close()
-        pid, stderr = _parse_pid(err)
+        pid, stderr = parse_pid(err)
         return CommandResult(status, bytes(out), stderr, pid, time.monotonic() - start)
+
+    def open_channel(self, command: str) -> paramiko.Channel:
+        """Start a long-lived command on the host; the caller owns the channel (its stdin,
+        stdout and stderr are the command's)."""
+        t = self._transport()
+        try:
+            chan = t.open_session(timeout=self.options.connect_timeout)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise ConnectionLost(f"{self.where}: cannot open a session: {e or type(e).__name__}") from e
+        return chan
 
     def _timed_out(self, chan: paramiko.Channel, label: str, timeout: float, pid: int | None,
                    err: bytearray) -> CommandTimeout:
@@ -295,7 +306,7 @@ class SshTransport:
                 err += chan.recv_stderr(1 << 16)
             while chan.recv_ready():
                 chan.recv(1 << 16)
-            pid = _parse_pid(err)[0]
+            pid = parse_pid(err)[0]
         if pid is not None:
             self.kill_group(pid)
         chan.close()  # a guest job also sees EOF on its stdin and exits by itself
@@ -316,15 +327,6 @@ class SshTransport:
         except (RemoteError, paramiko.SSHException, OSError, EOFError) as e:
             log.warning("%s: could not kill remote process group %d: %s", self.where, pid, e)
 
-    def put(self, data: bytes, remote_path: str, timeout: float | None = None) -> None:
-        """Write data to remote_path atomically (temp file + rename)."""
-        q = shlex.quote
-        cmd = (f"mkdir -p {q(str(Path(remote_path).parent))} && t={q(remote_path)}.tmp.$$ && "
-               f"cat > \"$t\" && mv -f \"$t\" {q(remote_path)}")
-        res = self.run(cmd, stdin=data, timeout=timeout)
-        if res.exit_status != 0:
-            raise ConnectionLost(f"{self.where}: upload to {remote_path} failed: {last_line(res.stderr)}")
-
     def close(self) -> None:
         with self._lock:
             self._close_locked()
@@ -342,7 +344,7 @@ class SshTransport:
         self.close()
 
 
-def _parse_pid(err: bytes | bytearray) -> tuple[int | None, bytes]:
+def parse_pid(err: bytes | bytearray) -> tuple[int | None, bytes]:
     """Split the pid line off stderr; (None, err) while it has not arrived."""
     if not err.startswith(PID_MARK):
         return None, bytes(err)
