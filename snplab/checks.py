@@ -13,11 +13,14 @@ Two kinds:
   certificates and the report of one step (``cert_table_*``, ``report_*``).
 
 Facts (errata.md table A, kvm-host-abi.md §1(a), §1(d), §2): SW_EXITINFO2[63:32] is the VMM
-error: 1 INVALID_LEN (RBX = pages needed), 2 BUSY, Linux ≥ 7.0 GENERIC = 0xFFFFFFFF, v15 draft
-GENERIC = 1 << 31; bits 31:0 are the firmware status.  SW_EXITINFO1 = 2 is malformed input with
-the reason in SW_EXITINFO2 (misaligned/identical pages: 4 up to Linux 7.0, 5 after; RAX/RBX not
-valid or RAX unaligned: 5).  The firmware only advances a VMPCK's sequence number on a
-successful exchange: request N, response N+1, next request N+2.
+error: 1 INVALID_LEN (RBX = pages needed), 2 BUSY, GENERIC; bits 31:0 are the firmware status.
+SW_EXITINFO1 = 2 is malformed input with the reason in SW_EXITINFO2.  The firmware only advances a
+VMPCK's sequence number on a successful exchange: request N, response N+1, next request N+2.
+
+What depends on the kernel — which reason a bad page pair gets, when the certificate exit fires,
+GENERIC's value, how a firmware error is reported — is read from the kernel-behaviour registry
+(``snplab.abi.kernel_behaviour``) for the generation the transcript's host played
+(``generation_of``), never hard-coded here.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from snplab.abi import kernel_behaviour as kb
 from snplab.abi.ghcb import (GHCB_ERR_INVALID_INPUT, GHCB_ERR_MISSING_INPUT,
                               GHCB_HV_RESP_MALFORMED_INPUT, SNP_GUEST_VMM_ERR_BUSY,
-                              SNP_GUEST_VMM_ERR_GENERIC, SNP_GUEST_VMM_ERR_GENERIC_V15,
                               SNP_GUEST_VMM_ERR_INVALID_LEN, SNP_GUEST_VMM_ERR_SHIFT)
 from snplab.scenario import MSG_REPORT_REQ, pages_for
 from snplab.transcript import Attempt, StepResult, Transcript, TranscriptError
@@ -38,15 +41,64 @@ from snplab.vmm.memory_map import CERTS_MAX_PAGES
 
 INVALID_LEN = SNP_GUEST_VMM_ERR_INVALID_LEN << SNP_GUEST_VMM_ERR_SHIFT
 BUSY = SNP_GUEST_VMM_ERR_BUSY << SNP_GUEST_VMM_ERR_SHIFT
-# Reasons a misaligned or identical request/response page may get (4 up to 7.0, 5 after: B1).
+# Reasons a misaligned or identical request/response page may get on some kernel (errata B1);
+# what a given kernel answers is its registry row (``kernel_rule``).
 PAGE_ERROR_REASONS = (GHCB_ERR_MISSING_INPUT, GHCB_ERR_INVALID_INPUT)
 MSG_KEY_REQ = 3  # SNP firmware ABI guest message type
+# Bad-input shapes a guest step can have, in KVM's order of checks within one stage.
+STEP_SHAPES = ("pages-misaligned", "pages-identical", "regs-not-valid", "certs-gpa-unaligned")
 
 
-def generic_error(abi: str) -> int:
-    """SW_EXITINFO2 a guest sees for the VMM's generic error in ``abi``."""
-    vmm = SNP_GUEST_VMM_ERR_GENERIC_V15 if abi == "vmgexit-v15" else SNP_GUEST_VMM_ERR_GENERIC
+def generation_of(t: Transcript) -> str:
+    """The kernel generation whose registry rows judge ``t``: the one the host played (recorded
+    in the transcript), else the scenario's, else the profile's default."""
+    return t.kernel_behaviour or t.scenario.kernel or kb.default_generation(t.abi)
+
+
+def kernel_rule(t: Transcript, shape: str) -> kb.Rule:
+    """The registry row for ``shape`` in the generation ``t``'s host played."""
+    return kb.rule(generation_of(t), shape)
+
+
+def generic_error(t: Transcript | str) -> int:
+    """SW_EXITINFO2 a guest sees for the VMM's generic error (EIO; v15 ret GENERIC) on the
+    transcript's kernel (or on an ABI profile's default kernel)."""
+    gen = generation_of(t) if isinstance(t, Transcript) else kb.default_generation(t)
+    vmm = kb.rule(gen, "vmm-eio").vmm_error
+    assert vmm is not None
     return vmm << SNP_GUEST_VMM_ERR_SHIFT
+
+
+def _kvm_msg_type(t: Transcript, a: Attempt) -> int:
+    """The message type KVM reads from the request page (a private page reads as zeros)."""
+    sstep = _scenario_step(t, a.vcpu, a.step)
+    return 0 if sstep is not None and sstep.pages == "private_req" else a.msg_type
+
+
+def request_shapes(t: Transcript, a: Attempt) -> tuple[str, ...]:
+    """The registry's bad-input shapes of attempt ``a``, from the scenario step it ran."""
+    st = _scenario_step(t, a.vcpu, a.step)
+    if st is None:
+        return ()
+    shapes = []
+    if st.pages == "misaligned_req":
+        shapes.append("pages-misaligned")
+    elif st.pages == "same":
+        shapes.append("pages-identical")
+    report_like = _kvm_msg_type(t, a) == MSG_REPORT_REQ or kernel_rule(t, "other-msg-type").cert_exit
+    if a.is_ext and report_like:
+        if st.no_rax_valid or st.no_rbx_valid:
+            shapes.append("regs-not-valid")
+        gpa = st.certs_gpa if st.certs_gpa is not None else st.certs_gpa_offset
+        if not st.no_rax_valid and gpa % 4096:
+            shapes.append("certs-gpa-unaligned")
+    return tuple(shapes)
+
+
+def answering_rule(t: Transcript, a: Attempt) -> tuple[str, kb.Rule] | None:
+    """The (shape, row) that decides attempt ``a``'s answer on ``t``'s kernel, or None for a
+    well-formed request."""
+    return kb.first_rule(generation_of(t), request_shapes(t, a))
 
 
 @dataclass(frozen=True)
@@ -164,14 +216,14 @@ def run_failed_with(t: Transcript, status: str | None = None, errno_name: str | 
 def _reaches_cert_exit(t: Transcript, a: Attempt) -> bool:
     """Whether KVM (per ABI) turns this attempt into a certificate exit to the VMM.  A request
     page the guest left private is not readable by KVM (it sees no valid header): not judged."""
-    if not a.is_ext or a.ghcb_error or t.abi == "stub":
+    if not a.is_ext or a.ghcb_error:
         return False
-    if t.abi == "vmgexit-v15":
-        return True  # the v15 draft exits for every extended request (no header inspection)
-    sstep = _scenario_step(t, a.vcpu, a.step)
-    if sstep is not None and sstep.pages == "private_req":
-        return False
-    return a.msg_type == MSG_REPORT_REQ
+    hit = answering_rule(t, a)
+    if hit is not None:
+        return hit[1].cert_exit
+    if _kvm_msg_type(t, a) != MSG_REPORT_REQ:
+        return kernel_rule(t, "other-msg-type").cert_exit
+    return kernel_rule(t, kb.report_request_shape(t.abi)).cert_exit
 
 
 def cert_exit_of(t: Transcript) -> dict[tuple[int, int, int], dict[str, Any]]:
@@ -399,9 +451,16 @@ def no_iv_reuse(t: Transcript) -> CheckResult:
     return _verdict(name, problems)
 
 
-def _fw_rejected(a: Attempt) -> bool:
-    """The firmware ran and refused the message (status in SW_EXITINFO2[31:0], no VMM error)."""
-    return a.sw_exitinfo1 == 0 and a.vmm_error == 0 and a.fw_status != 0
+def _fw_rejected(t: Transcript, a: Attempt) -> bool:
+    """The firmware ran and refused the message: status in SW_EXITINFO2[31:0] and the kernel's
+    VMM error for a firmware error in [63:32] (0; v15: GENERIC)."""
+    vmm = kernel_rule(t, "firmware-error").vmm_error or 0
+    return a.sw_exitinfo1 == 0 and a.vmm_error == vmm and a.fw_status != 0
+
+
+def _host_error(t: Transcript, a: Attempt) -> bool:
+    """KVM or the VMM answered without the firmware (a firmware rejection is not one)."""
+    return a.host_error and not _fw_rejected(t, a)
 
 
 def firmware_error_no_seqno(t: Transcript) -> CheckResult:
@@ -415,15 +474,15 @@ def firmware_error_no_seqno(t: Transcript) -> CheckResult:
             sstep = _scenario_step(t, v, s.index)
             override = sstep is not None and sstep.seqno is not None
             for a in s.attempts:
-                if a.host_error:
+                if _host_error(t, a):
                     continue  # never reached the firmware
                 before = prev.get(a.vmpck)
-                if _fw_rejected(a) and not override and before is not None:
+                if _fw_rejected(t, a) and not override and before is not None:
                     problems.append(f"{a.where}: firmware rejected seqno {a.seqno} (status "
                                     f"{a.fw_status:#x}) right after rejecting {before.where} "
                                     f"(seqno {before.seqno}): the rejection consumed a sequence "
                                     "number")
-                if _fw_rejected(a):
+                if _fw_rejected(t, a):
                     prev[a.vmpck] = a
                 else:
                     prev.pop(a.vmpck, None)
@@ -439,7 +498,7 @@ def expect_firmware_rejected(t: Transcript, v: int, i: int, *, attempt: int = 0,
         return _fail(name, [f"vCPU {v} step {i} made no attempt {attempt} (run status "
                             f"{t.status}: {t.error})"])
     a = s.attempts[attempt]
-    if not _fw_rejected(a):
+    if not _fw_rejected(t, a):
         return _fail(name, [f"{a.where}: EXITINFO1={a.sw_exitinfo1:#x} EXITINFO2="
                             f"{a.sw_exitinfo2:#x}, want a firmware status (seqno {a.seqno})"])
     return _ok(name, f"{a.where}: firmware status {a.fw_status:#x}")
@@ -498,7 +557,7 @@ def host_error_no_seqno(t: Transcript) -> CheckResult:
     for v in range(t.nvcpus):
         attempts = [a for s in t.steps(v) for a in s.attempts]
         for idx, a in enumerate(attempts):
-            if not a.host_error:
+            if not _host_error(t, a):
                 continue
             m = logged.get((a.vcpu, a.step, a.index))
             if m is not None and m.get("reached_firmware"):
@@ -507,7 +566,7 @@ def host_error_no_seqno(t: Transcript) -> CheckResult:
                                 f"(status {m.get('fw_status')})")
                 continue
             nxt = next((b for b in attempts[idx + 1:] if b.vmpck == a.vmpck
-                        and b.seqno == a.seqno and not b.host_error), None)
+                        and b.seqno == a.seqno and not _host_error(t, b)), None)
             if nxt is not None and nxt.fw_status != 0:
                 problems.append(f"{nxt.where}: firmware rejected seqno {nxt.seqno} "
                                 f"(status {nxt.fw_status:#x}) after a host-side error at "
@@ -632,6 +691,46 @@ def expect_ghcb_error(t: Transcript, v: int, i: int,
                             f"{a.sw_exitinfo2:#x}, want 2 and one of "
                             f"{'/'.join(map(str, reasons))}"])
     return _ok(name, f"{a.where}: malformed input, reason {a.sw_exitinfo2}")
+
+
+def expect_kernel_answer(t: Transcript, v: int, i: int, *, attempt: int = 0,
+                         shape: str | None = None, name: str = "kernel_answer") -> CheckResult:
+    """Attempt ``attempt`` of step ``i`` got what the host's kernel generation answers for the
+    step's bad-input shape (or ``shape``), as the registry row says: the GHCB error and reason,
+    the VMM error, a firmware call, or a failed KVM_RUN."""
+    s = _step_or_none(t, v, i)
+    if s is None:
+        return _fail(name, [f"vCPU {v} has no step {i} (run status {t.status}: {t.error})"])
+    gen = generation_of(t)
+    if attempt >= len(s.attempts):
+        hit = kb.first_rule(gen, (shape,) if shape else ())
+        if hit is not None and hit[1].outcome == kb.KVM_RUN_ERROR:
+            return run_failed_with(t, None, hit[1].errno_name, name=name)
+        return _fail(name, [f"{s.where} made no attempt {attempt}"])
+    a = s.attempts[attempt]
+    hit = kb.first_rule(gen, (shape,)) if shape else answering_rule(t, a)
+    if hit is None:
+        return _na(name, f"{a.where}: a well-formed request (no bad-input shape)")
+    sh, r = hit
+    e1, e2 = a.sw_exitinfo1, a.sw_exitinfo2
+    if r.outcome == kb.KVM_RUN_ERROR:
+        return run_failed_with(t, None, r.errno_name, name=name)
+    if r.outcome == kb.GHCB_ERROR:
+        ok, want = (e1, e2) == (GHCB_HV_RESP_MALFORMED_INPUT, r.reason), f"2 and {r.reason}"
+    elif r.outcome == kb.VMM_ERROR:
+        vmm = r.vmm_error
+        ok = e1 == 0 and (vmm is None or a.vmm_error == vmm) and (r.fw_bits == "any" or a.fw_status == 0)
+        want = f"0 and {vmm:#x} << 32" if vmm is not None else "0 and the VMM's ret << 32"
+        want += " | any" if r.fw_bits == "any" else ""
+    elif r.outcome == kb.FIRMWARE:
+        ok = e1 == 0 and (e2 == 0 or _fw_rejected(t, a))
+        want = "0 and a firmware answer (0, or a firmware status)"
+    else:
+        ok, want = not a.ghcb_error, "no GHCB error"
+    where = f"{sh} on kernel {gen}: {r.source}"
+    if not ok:
+        return _fail(name, [f"{a.where}: EXITINFO1={e1:#x} EXITINFO2={e2:#x}, want {want} ({where})"])
+    return _ok(name, f"{a.where}: {r.outcome} ({where})")
 
 
 def _step_or_none(t: Transcript, v: int, i: int) -> StepResult | None:
@@ -934,7 +1033,7 @@ def host_error_no_response(t: Transcript) -> CheckResult:
     name = "host_error_no_response"
     problems = [f"{a.where}: EXITINFO1={a.sw_exitinfo1:#x} EXITINFO2={a.sw_exitinfo2:#x} yet the "
                 "response page was written" for a in t.all_attempts()
-                if a.host_error and a.resp_written]
+                if _host_error(t, a) and a.resp_written]
     return _verdict(name, problems)
 
 
@@ -988,7 +1087,7 @@ def firmware_accepts_next_seqno(t: Transcript) -> CheckResult:
                     expected[k] = None  # a deliberate replay, skip or malformed message
                     continue
                 want = expected.get(k, 1)
-                if want is not None and a.seqno == want and _fw_rejected(a):
+                if want is not None and a.seqno == want and _fw_rejected(t, a):
                     problems.append(f"{a.where}: the firmware rejected seqno {a.seqno} (status "
                                     f"{a.fw_status:#x}), the next one after the completed "
                                     "exchanges")
@@ -1145,6 +1244,7 @@ assert_exit = _asserting(expect_exit)
 assert_invalid_len = _asserting(expect_invalid_len)
 assert_success = _asserting(expect_success)
 assert_ghcb_error = _asserting(expect_ghcb_error)
+assert_kernel_answer = _asserting(expect_kernel_answer)
 assert_cert_table_parses = _asserting(cert_table_parses)
 assert_cert_table_matches_blob = _asserting(cert_table_matches_blob)
 assert_cert_table_contents = _asserting(cert_table_contents)

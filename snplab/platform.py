@@ -198,6 +198,12 @@ class LocalPlatform:
     def transcript_extras(self, scenario: Scenario, backend: Any) -> dict[str, Any]:
         return {}
 
+    def kernel_behaviour(self, scenario: Scenario, backend: Any) -> str:
+        """The kernel generation the host plays for ``scenario`` ("" if unknown)."""
+        played = getattr(backend, "kernel", None)
+        return (scenario.kernel or (played if isinstance(played, str) else "")
+                or getattr(self, "host_kernel_behaviour", None) or "")
+
     def start_updater(self, scenario: Scenario, backend: Any, blob_path: Path,
                       served: list[bytes], responder: Any,
                       guest: Any) -> Callable[[], None] | None:
@@ -329,7 +335,8 @@ class LocalPlatform:
             measurement=result.measurement.hex() if result.measurement else "",
             trust=extras.pop("trust", {}), timings=timings,
             host={**_host_facts(), "responder": responder.to_json(), **extras.pop("host", {})},
-            cert_blobs=tuple(b.hex() for b in served), enums=self._enums(guest.elf.dwarf))
+            cert_blobs=tuple(b.hex() for b in served), enums=self._enums(guest.elf.dwarf),
+            kernel_behaviour=self.kernel_behaviour(sc, backend))
 
     def _failed(self, sc: Scenario, error: str, t0: float) -> Transcript:
         return Transcript(scenario=sc, platform=self.name, abi=sc.abi, product=sc.product,
@@ -358,6 +365,7 @@ class EmulatedPlatform(LocalPlatform):
         from snplab.emu.platform import EmulatedBackend
 
         return EmulatedBackend(sc.product, sc.signer, sc.abi, sc.faults, sc.report_version,
+                               kernel=sc.kernel,
                                enable_req_certs="late" if sc.enable_req_certs_late else "early")
 
     def vmm_faults(self, sc: Scenario) -> frozenset[str]:
@@ -546,6 +554,10 @@ class SnpPlatform(LocalPlatform):
         if reason:
             raise PlatformUnavailable(reason)
         self.host_abi = self._abi or (detect() if callable(detect) else None)
+        from snplab.host.kernel_generation import detect as detect_generation
+
+        self.host_kernel_behaviour: str | None = (
+            "v15" if self.host_abi == "vmgexit-v15" else detect_generation()["kernel_behaviour"])
         product = getattr(snp, "host_product", None)
         self.host_product = product() if callable(product) else None
         if self._certs_blob is None:

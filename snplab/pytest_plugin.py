@@ -41,6 +41,7 @@ from typing import Any, Sequence
 import pytest
 
 from snplab import checks, reporting
+from snplab.abi import kernel_behaviour as kb
 from snplab.scenario import ABIS, PRODUCTS, Scenario
 
 # --platform ssh (lab hosts over SSH) lives in its own plugin.
@@ -67,6 +68,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--abi", default="auto", choices=("auto",) + ABIS,
                 help="host ABI profile: auto (emulated: every profile a test applies to; snp: "
                      "detect) or one of stub, req-certs, vmgexit-v15")
+    g.addoption("--kernel-behaviour", default=None, metavar="GEN",
+                help="kernel generation the host plays, judged and (emulated) played from the "
+                     f"registry: {', '.join(kb.GENERATIONS)} (default: emulated per ABI profile, "
+                     "snp detected from the release and KVM_X86_SEV_SNP_REQ_CERTS)")
     g.addoption("--product", default="auto", choices=("auto",) + PRODUCTS,
                 help="CPU product: auto (emulated: all three; snp: the host's) or one of them")
     g.addoption("--certs-blob", type=Path, default=None,
@@ -109,6 +114,7 @@ class SuiteState:
         # What the guests really run on: with --platform ssh, the lab hosts' --remote-platform.
         self.guest_platform: str = guest_platform(config)
         self.abi_opt: str = config.getoption("--abi")
+        self.kernel_opt: str | None = config.getoption("--kernel-behaviour")
         self.product_opt: str = config.getoption("--product")
         self.certs_blob: Path | None = config.getoption("--certs-blob")
         self.trust_dir: Path | None = config.getoption("--trust-dir")
@@ -197,6 +203,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if guest_platform(config) != "emulated" and (config.getoption("--fault")
                                                          or os.environ.get(FAULTS_ENV)):
         raise pytest.UsageError("--fault needs the emulated platform")
+    gen = config.getoption("--kernel-behaviour")
+    if gen is not None and gen not in kb.GENERATIONS:
+        raise pytest.UsageError(f"--kernel-behaviour {gen}: unknown kernel behaviour (known: "
+                                f"{', '.join(kb.GENERATIONS)})")
     st = SuiteState(config)
     config.stash[_STATE] = st
     if not st.is_worker:
@@ -213,10 +223,23 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput["snplab_run_id"] = state(node.config).run_id
 
 
+def kernel_behaviour_note(st: SuiteState) -> str:
+    """Which kernel generation the run plays/judges, and why (forced, per profile, detected)."""
+    if st.kernel_opt:
+        return f"{st.kernel_opt} (forced by --kernel-behaviour)"
+    if st.guest_platform == "emulated":
+        return "per ABI profile (" + ", ".join(f"{p} -> {g}" for p, g in
+                                             kb.DEFAULT_GENERATION.items()) + ")"
+    facts = reporting.host_facts()
+    return (f"{facts.get('kernel_behaviour_detected') or 'unknown'} (detected: "
+            f"{facts.get('kernel_behaviour_basis', '?')})")
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     st = state(config)
     lines = [f"snplab: platform={st.platform_name} abi={st.abi_opt} product={st.product_opt}"
              + (f" faults={','.join(st.faults)}" if st.faults else "")]
+    lines.append(f"snplab: kernel behaviour: {kernel_behaviour_note(st)}")
     if st.paths is not None:
         lines.append(f"snplab: reports in {st.paths.root}")
     if st.guest_platform == "emulated":
@@ -290,6 +313,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     abi = _param(item, "abi")
     if abi is not None and st.abi_opt != "auto" and abi != st.abi_opt:
         pytest.skip(f"ABI {abi} not selected (--abi {st.abi_opt})")
+    if abi is not None and st.kernel_opt and not kb.allows(st.kernel_opt, abi):
+        pytest.skip(f"kernel behaviour {st.kernel_opt} cannot play ABI {abi} (it plays "
+                    f"{', '.join(kb.profiles_of(st.kernel_opt))})")
     product = _param(item, "product")
     if product is not None and st.product_opt != "auto" and product != st.product_opt:
         pytest.skip(f"product {product} not selected (--product {st.product_opt})")
@@ -344,6 +370,8 @@ class ScenarioRunner:
         if self._st.faults:
             changes["faults"] = tuple(sc.faults) + tuple(
                 f for f in self._st.faults if f not in sc.faults)
+        if self._st.kernel_opt and sc.kernel is None:
+            changes["kernel"] = self._st.kernel_opt
         if not changes:
             return sc
         return sc.with_(**changes)
@@ -437,6 +465,8 @@ def _write_item_report(st: SuiteState, item: pytest.Item, rec: dict[str, Any],
         "outcome": outcome, "when": rec.get("when"), "duration_s": rec.get("duration_s"),
         "message": rec.get("message"), "failed_property": rec.get("failed_property"),
         "params": params, "platform": st.platform_name, "faults": list(st.faults),
+        "kernel_behaviour": sorted({t.kernel_behaviour for _, t in item.stash.get(_RUNS, [])
+                                    if getattr(t, "kernel_behaviour", "")}),
         "verdicts": rec.get("verdicts", []), "runs": runs, "host": reporting.host_facts(),
         "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "run_id": st.run_id,
     }
@@ -467,7 +497,8 @@ class _Tally:
         if st.paths is not None:
             reporting.write_summary(st.paths, st.run_id, st.platform_name, st.tally,
                                     {"wall_s": round(time.monotonic() - st.started, 3),
-                                     "exitstatus": int(exitstatus), "faults": list(st.faults)})
+                                     "exitstatus": int(exitstatus), "faults": list(st.faults),
+                                     "kernel_behaviour": kernel_behaviour_note(st)})
             from snplab.html_report import write_html_summary
 
             write_html_summary(st.paths.root)

@@ -143,11 +143,30 @@ def dump_artifacts(paths: RunPaths, nodeid: str, runs: Iterable[Mapping[str, Any
     return d
 
 
+_KB_FACTS: dict[str, dict[str, Any]] = {}
+
+
+def _kernel_behaviour_facts(release: str) -> dict[str, Any]:
+    """The kernel generation this machine's kernel is detected as (release + the
+    KVM_X86_SEV_SNP_REQ_CERTS attribute; snplab.host.kernel_generation), probed once."""
+    if release not in _KB_FACTS:
+        try:
+            from snplab.host.kernel_generation import detect
+
+            d = detect(release)
+            _KB_FACTS[release] = {"kernel_behaviour_detected": d["kernel_behaviour"],
+                                  "kernel_behaviour_basis": d["kernel_behaviour_basis"]}
+        except Exception as e:  # noqa: BLE001 - a fact we could not get is reported as such
+            _KB_FACTS[release] = {"kernel_behaviour_detected": None,
+                                  "kernel_behaviour_basis": f"not detected: {e}"}
+    return dict(_KB_FACTS[release])
+
+
 def host_facts() -> dict[str, Any]:
     """Facts about the machine running the tests (kernel, host name, CPU)."""
     u = os.uname()
     facts: dict[str, Any] = {"hostname": socket.gethostname(), "kernel": u.release,
-                             "machine": u.machine}
+                             "machine": u.machine, **_kernel_behaviour_facts(u.release)}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

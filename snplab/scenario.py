@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from snplab.abi import kernel_behaviour as kb
+
 OPS = ("ext_req", "req", "terminate")
 PAGES = ("normal", "same", "private_req", "private_certs", "misaligned_req")
 POLICIES = ("none", "linux", "naive")
@@ -158,6 +160,8 @@ class Scenario:
     ``tcb_updates``: how many times a host updater replaces the certificate blob (and, on the
     emulated platform, the firmware's TCB) while the guest runs, taking the exclusive blob lock
     as the kernel documentation prescribes (races family).
+    ``kernel``: the kernel generation (``snplab.abi.kernel_behaviour``) the host plays; None = the
+    profile's default on the emulated platform, the detected one on a real host.
     """
 
     name: str
@@ -175,6 +179,7 @@ class Scenario:
     guest_timeout: float = 10.0
     label: str = ""
     tcb_updates: int = 0
+    kernel: str | None = None
 
     def __post_init__(self) -> None:
         steps = tuple(tuple(v) for v in self.steps)
@@ -188,6 +193,11 @@ class Scenario:
                 if not isinstance(s, Step):
                     raise ScenarioError(f"vCPU {v}: {s!r} is not a Step")
         _check_choice("abi", self.abi, ABIS)
+        if self.kernel is not None:
+            _check_choice("kernel behaviour", self.kernel, tuple(kb.GENERATIONS))
+            if not kb.allows(self.kernel, self.abi):
+                raise ScenarioError(f"kernel behaviour {self.kernel} cannot play ABI profile "
+                                    f"{self.abi} (it plays {', '.join(kb.profiles_of(self.kernel))})")
         _check_choice("product", self.product, PRODUCTS)
         _check_choice("signer", self.signer, SIGNERS)
         if self.report_version not in REPORT_VERSIONS:

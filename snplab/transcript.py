@@ -217,6 +217,8 @@ class Transcript:
     cert_blobs: tuple[str, ...] = ()
     # DWARF enum tables of the payload the run used ({"snplab_outcome": {"SNPLAB_OUT_OK": 1}}).
     enums: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The kernel generation (snplab.abi.kernel_behaviour) the host played; "" = not recorded.
+    kernel_behaviour: str = ""
     schema: int = SCHEMA
 
     # -- JSON ------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_setup_converts_the_window(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("abi,kernel,misaligned", [
     ("req-certs", "newest", G.GHCB_ERR_INVALID_INPUT), ("req-certs", "7.0", G.GHCB_ERR_MISSING_INPUT),
-    ("vmgexit-v15", "newest", G.GHCB_ERR_MISSING_INPUT)])  # v15 is 2024-era code (errata B1)
+    ("stub", "6.11-stub", G.GHCB_ERR_MISSING_INPUT)])
 def test_ghcb_validation_codes(tmp_path: Path, abi: str, kernel: str, misaligned: int) -> None:
     host, g = _guest(tmp_path, abi=abi, kernel=kernel)
     req, resp = g.req_gpa, g.resp_gpa
@@ -117,7 +117,7 @@ def test_ext_request_register_checks(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("abi,kernel,fatal", [("req-certs", "newest", False), ("req-certs", "7.0", True),
-                                              ("vmgexit-v15", "newest", True)])  # errata B2
+                                              ("vmgexit-v15", "v15", True), ("stub", "6.11-stub", True)])
 def test_unregistered_ghcb(tmp_path: Path, abi: str, kernel: str, fatal: bool) -> None:
     host, g = _guest(tmp_path, abi=abi, kernel=kernel)
     assert g.ghcb_call(G.SVM_VMGEXIT_HV_FEATURES, 0, 0, rax=0xAAAA, rbx=0xBBBB) == (0, G.GHCB_HV_FT_SUPPORTED)
@@ -321,3 +321,33 @@ def test_responder_lock_released_after_each_exit(tmp_path: Path) -> None:
     g.request(policy="linux")
     assert host.responder.locks_held == 0
     assert g.vcpu.completions == 2
+
+
+def test_host_view_of_private_pages_is_the_shared_backing(tmp_path: Path) -> None:
+    """D8: KVM's kvm_write_guest/kvm_read_guest of a private page go through the shared backing
+    (the memslot's userspace mapping): the host reads back what it wrote, the guest does not see
+    it while the page is private, and sees it once it converts the page to shared."""
+    host, g = _guest(tmp_path)
+    page = g.private_gpa
+    guest_bytes = g.mem.read(page, 32)
+    assert host.kvm.host.read(page, 32) == bytes(32), "a backing never written reads as zeros"
+    host.kvm.host.write(page + 8, b"\x5a" * 16)
+    assert host.kvm.host.read(page, 32) == bytes(8) + b"\x5a" * 16 + bytes(8)
+    assert g.mem.read(page, 32) == guest_bytes, "the guest's private view is untouched"
+    # the stub's 24-byte terminator into a private certificate buffer lands in the backing too
+    stub_host, stub = _guest(tmp_path / "stub", abi="stub")
+    stub.mem.write(stub.private_gpa, b"\xaa" * 32)
+    assert stub.request(pages="private_certs", npages=1).outcome == "ok"
+    assert stub.mem.read(stub.private_gpa, 32) == b"\xaa" * 32
+    assert stub_host.kvm.host.read(stub.private_gpa, 32) == bytes(32)
+    # converting the page to shared shows the guest the backing
+    assert g.msr_call(G.psc_req(page >> 12, G.SNP_PAGE_STATE_SHARED)) == G.GHCB_MSR_PSC_RESP
+    assert g.mem.read(page, 32) == bytes(8) + b"\x5a" * 16 + bytes(8)
+
+
+def test_vmm_writes_into_private_certificate_pages_reach_the_backing(tmp_path: Path) -> None:
+    host, g = _guest(tmp_path)
+    before = g.mem.read(g.private_gpa, PAGE)
+    assert g.request(pages="private_certs", npages=CERTS_MAX_PAGES).outcome == "ok"
+    assert g.mem.read(g.private_gpa, PAGE) == before
+    assert host.kvm.host.read(g.private_gpa, 64) == host.blob[:64], "the VMM's write is in the backing"

@@ -55,6 +55,7 @@ def test_good_host_passes_every_check(tmp_path):
          "cert_blob"], "ok") | {"headers": "warn"}  # the fixture has no kernel headers: a warning only
     assert "no linux/kvm.h" in report.check("headers").detail
     assert report.ok and report.abi == "req-certs"
+    assert report.check("sev_attrs").facts["kernel_behaviour"] == "7.0"
     st = report.check("snp_status")
     assert st.facts["firmware"] == "1.55.29" and st.facts["reported_tcb"] == "0x5417000000000009"
     assert st.facts["chip_id"] == CHIP.hex()
@@ -71,6 +72,7 @@ def test_stub_kernel_is_usable_with_stub_profile(tmp_path):
     report, _ = run("genoa-6.12-stub", tmp_path)
     assert report.ok and report.abi == "stub"
     assert report.check("kernel").facts["expected_abi"] == "stub"
+    assert report.check("sev_attrs").facts["kernel_behaviour"] == "6.11-stub"
 
 
 def test_guest_vm_like_this_machine(tmp_path):

@@ -147,3 +147,24 @@ def test_fault_option_needs_emulated(suite_dir: pytest.Pytester, tmp_path: Path)
                               "-p", "no:cacheprovider")
     assert res.ret != 0
     res.stderr.fnmatch_lines(["*--fault needs the emulated platform*"])
+
+
+def test_kernel_behaviour_option(suite_dir: pytest.Pytester, tmp_path: Path):
+    """--kernel-behaviour GEN: unknown names are a one-line usage error; a known one goes into
+    every scenario, skips the profiles it cannot play (with the reason) and heads the run."""
+    res = suite_dir.runpytest("suites", "--kernel-behaviour", "6.12", "-p", "no:cacheprovider")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["ERROR: --kernel-behaviour 6.12: unknown kernel behaviour (known: v15, "
+                              "6.11-stub, 7.0, newest)"])
+    rep = tmp_path / "rep"
+    res = suite_dir.runpytest("suites", "--kernel-behaviour", "7.0", "--reports", str(rep), "-k",
+                              "test_ok", "-rs", "-p", "no:cacheprovider")
+    res.assert_outcomes(passed=3, skipped=3)
+    res.stdout.fnmatch_lines(["snplab: kernel behaviour: 7.0 (forced by --kernel-behaviour)",
+                              "*kernel behaviour 7.0 cannot play ABI vmgexit-v15*"])
+    (run,) = list(rep.iterdir())
+    records = [json.loads(p.read_text()) for p in (run / "tests").glob("*.json")]
+    rec = next(r for r in records if r["nodeid"].endswith("test_ok[req-certs-milan]"))
+    assert rec["runs"][0]["scenario"]["kernel"] == "7.0"
+    assert "kernel_behaviour_detected" in rec["host"]
+    assert json.loads((run / "summary.json").read_text())["kernel_behaviour"].startswith("7.0")

@@ -144,8 +144,9 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
     Fault("misaligned-certs-gpa-accepted", "kvm", _CERTS,
           "a certificate GPA that is not 4 KiB aligned is passed to the VMM instead of being "
           "rejected as INVALID_INPUT",
-          "snp_handle_ext_guest_req: if (!PAGE_ALIGNED(data_gpa)) → GHCB_ERR_INVALID_INPUT",
-          ("ghcb_error_code",)),
+          "snp_handle_ext_guest_req: if (!PAGE_ALIGNED(data_gpa)) → GHCB_ERR_INVALID_INPUT "
+          "(v15: GENERIC without an exit; the registry row certs-gpa-unaligned)",
+          ("kernel_answer",)),
     Fault("certs-exit-any-msg-type", "kvm", _RC,
           "the certificate exit is taken for every extended request, not only MSG_REPORT_REQ "
           "(the v15 generation does exit for every type; a fault for Linux 7.0)",

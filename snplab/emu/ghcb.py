@@ -2,7 +2,8 @@
 changes, guest requests and extended guest requests in three ABI profiles.
 
 Modelled on ``arch/x86/kvm/svm/sev.c`` (facts in shared/reference/kvm-host-abi.md §1–§2,
-guest-protocol.md §1–§2 and errata.md, which wins). Profiles:
+guest-protocol.md §1–§2 and errata.md, which wins; fidelity-review.md wins where it cites source).
+Profiles:
 
 - ``stub`` (Linux 6.11–6.19): an extended MSG_REPORT_REQ with RBX ≠ 0 gets 24 zero bytes at RAX
   (an empty certificate table); never INVALID_LEN or BUSY, never a userspace exit;
@@ -12,32 +13,46 @@ guest-protocol.md §1–§2 and errata.md, which wins). Profiles:
   once a vCPU exists fails with EINVAL; not enabled → stub behaviour;
 - ``vmgexit-v15`` (the May 2024 v15 patch): every extended request exits with
   ``VmgexitReqCerts``; ``ret`` (u32) is taken verbatim as the VMM error in SW_EXITINFO2[63:32]
-  (1 INVALID_LEN with RBX = data_npages, 2 BUSY, 1<<31 GENERIC); RAX/RBX must be valid
-  (MISSING_INPUT otherwise). Where the v15 text is silent (RAX alignment, req/resp alignment) the
-  7.0 checks are applied.
+  (1 INVALID_LEN with RBX = data_npages, 2 BUSY, 1<<31 GENERIC).
 
-Error codes follow the **newest** KVM by default (``kernel="newest"``): misaligned or identical
-request/response GPAs → EXITINFO1 = 2, EXITINFO2 = 5 (INVALID_INPUT); an unregistered GHCB → 2/1
-(NOT_REGISTERED) and the guest resumes; a PSC scratch area outside the GHCB → INVALID_SCRATCH_AREA,
-its length is sizeof(struct psc_hdr) (SW_EXITINFO2 ignored); MapGpaRange answers other than
-0/EINVAL/EAGAIN → KVM_RUN EINVAL. ``kernel="7.0"`` plays the older code: 2/4 (MISSING_INPUT) for bad
-request pages, KVM_RUN −EINVAL for an unregistered GHCB, any non-zero MapGpaRange answer → PSC error,
-PSC scratch length = exit_info_2 (outside the GHCB allowed). ``abi="vmgexit-v15"`` always plays the
-7.0 code (2024-era patch). In both, the GHCB is synced (registers read, valid bitmap cleared) before
-the registration check, and NAE termination zeroes SW_EXITINFO1/2 before the SevTerm exit, whose
-raw value is the GHCB GPA and whose reason is unknown (-1/-1), as a VMM decodes it on hardware.
+**Kernel generations.** Everything that differs between kernels is a row of the registry in
+``snplab.abi.kernel_behaviour`` (generations ``v15``, ``6.11-stub``, ``7.0``, ``newest``), read at
+each decision (``_rule``/``_play_at``), never hard-coded here: the reason a misaligned or identical
+request/response page gets and at which stage (newest: 2/5 at validation; ≤ 7.0: 2/4; v15: not
+at validation — after the certificate exit snp_setup_guest_buf fails → GENERIC, req == resp never
+checked), RAX/RBX valid bits (v15: MISSING_INPUT at validation; merged code: INVALID_INPUT for
+MSG_REPORT_REQ), an unaligned RAX (merged: 2/5; v15: EXITINFO1 = 0, GENERIC, no exit), an
+unregistered GHCB (newest: 2/1, guest resumes; older: KVM_RUN −EINVAL), firmware errors (v15:
+GENERIC | status), the VMM's certificate-exit answers, the PSC scratch rules (newest:
+sizeof(struct psc_hdr), inside the GHCB only; older: length = SW_EXITINFO2, outside allowed) and
+MapGpaRange answers (newest: only 0/EINVAL/EAGAIN, else KVM_RUN EINVAL). The default generation is
+the profile's (``kb.DEFAULT_GENERATION``: newest for stub and req-certs, v15 for vmgexit-v15).
+In all of them the GHCB is synced (registers read, valid bitmap cleared) before the registration
+check, and NAE termination zeroes SW_EXITINFO1/2 before the SevTerm exit, whose raw value is the
+GHCB GPA and whose reason is unknown (-1/-1), as a VMM decodes it on hardware.
 
-Guest pages are read and written "through the shared mapping" (``rmp.HostView``): a page the RMP
-holds as private reads as zeros and swallows writes. A request page left private therefore reaches
-the firmware as a zero page — algo 0 — and the guest gets EXITINFO1 = 0, EXITINFO2 = 0x16
-(INVALID_PARAM) with its sequence number not consumed; certificates the VMM writes into a private
-buffer are undone after its handler returns (they went to the shared backing, which the guest
-cannot see). ``message_log`` records every guest request/extended request VMGEXIT on a registered GHCB
+Guest pages are read and written "through the shared mapping" (``rmp.HostView``, like
+``kvm_read_guest``/``kvm_write_guest``): a page the RMP holds as private is read from and written
+to its shared backing (zeros until the host writes it), never the guest's view. A request page
+left private therefore reaches the firmware as a zero page — algo 0 — and the guest gets
+EXITINFO1 = 0, EXITINFO2 = 0x16 (INVALID_PARAM) with its sequence number not consumed;
+certificates the VMM writes into a private buffer go to that backing after its handler returns
+(the guest sees them only if it converts the page to shared). What the shared backing of a
+NORMAL-launched page holds on hardware (the pre-launch plaintext) is not modelled (rmp.py). ``message_log`` records every guest request/extended request VMGEXIT on a registered GHCB
 with the request page as the host sees it, also when KVM rejects the call (docs/contract.md §5).
 
-Not emulated (answered as documented): GHCB CPUID/IOIO/MSR NAE events and AP creation get
-INVALID_EVENT; the MSR-protocol CPUID request is answered only when a ``cpuid`` callback is given;
-AP reset hold keeps the MSR unchanged.
+Not emulated (fidelity-review D7; answered as documented): the GHCB NAE events CPUID (0x72),
+IOIO (0x7B), MSR (0x7C), MMIO read/write (0x8000_0001/2), NMI_COMPLETE (0x8000_0003),
+AP_HLT_LOOP (0x8000_0004), AP_JUMP_TABLE (0x8000_0005) and AP_CREATION (0x8000_0013) all get
+EXITINFO1 = 2, EXITINFO2 = INVALID_EVENT (6). Real KVM handles every one of them ([OLD]
+sev_handle_vmgexit → svm_invoke_exit_handler for the SVM exit codes, explicit cases for the
+0x8000_xxxx ones; [NEW] explicit cases) and answers INVALID_EVENT only for unknown codes or
+SNP-only codes on a non-SNP VM, so a payload using one would behave differently on hardware
+(snplab's payload uses none: it reads CPUID from the CPUID page and never does port or MSR I/O on
+SNP). The MSR-protocol CPUID request is answered only when a ``cpuid`` callback is given; AP reset
+hold keeps the MSR unchanged. v15's uninitialised ``fw_err`` on an unaligned RAX is
+emulated as 0, and v15 leaving the guest's response page firmware-owned after a firmware error
+(the next request RMP-faults, AMDESE/AMDSEV#220) is not modelled.
 """
 
 from __future__ import annotations
@@ -53,6 +68,7 @@ from typing import Any
 
 from snplab.abi import ghcb as G
 from snplab.abi import guest_msg as gm
+from snplab.abi import kernel_behaviour as kb
 from snplab.emu.faults import FaultSet
 from snplab.emu.psp import EmulatedPsp
 from snplab.emu.rmp import PAGE_SIZE, HostView, Memory, Rmp
@@ -72,7 +88,7 @@ from snplab.vmm.exits import sev_term_event
 from snplab.vmm.memory import GpaOutOfRange
 
 PROFILES = ("stub", "req-certs", "vmgexit-v15")
-KERNELS = ("newest", "7.0")
+KERNELS = tuple(kb.GENERATIONS)  # kernel generations the emulated KVM can play
 
 DOORBELL_PORT = 0xE0  # snplab_abi.h SNPLAB_DOORBELL_PORT
 PVALIDATE_PORT = 0xE4  # SNPLAB_PVALIDATE_PORT
@@ -100,6 +116,19 @@ class _Bad(Exception):
 
     def __init__(self, reason: int) -> None:
         self.reason = reason
+
+
+def _errno(name: str) -> int:
+    return int(getattr(errno, name))
+
+
+def _page_shape(req_gpa: int, resp_gpa: int) -> str | None:
+    """The bad-input shape of a guest request's page pair, if any (registry SHAPES)."""
+    if req_gpa % PAGE_SIZE or resp_gpa % PAGE_SIZE:
+        return "pages-misaligned"
+    if req_gpa == resp_gpa:
+        return "pages-identical"
+    return None
 
 
 @dataclass
@@ -160,6 +189,8 @@ class GuestMessageRecord:
     msg_type: int | None = None
     ct_sha256: str | None = None
     tag: str | None = None
+    hdr_sz: int | None = None
+    msg_sz: int | None = None
     reached_firmware: bool = False
     fw_status: int | None = None
     sw_exit_info_1: int | None = None
@@ -173,21 +204,21 @@ class EmulatedKvm:
     """The SEV-SNP half of KVM for one VM, driven by the VMM's exit events."""
 
     def __init__(self, psp: EmulatedPsp, rmp: Rmp, memory: Memory, *, abi: str = "req-certs",
-                 kernel: str = "newest", faults: Iterable[str] = (),
+                 kernel: str | None = None, faults: Iterable[str] = (),
                  cert_blob: Callable[[], bytes] | None = None,
                  cpuid: Callable[[int, int], tuple[int, int, int, int] | None] | None = None,
                  ghcb_version: int = G.GHCB_VERSION_MAX) -> None:
         if abi not in PROFILES:
             raise ValueError(f"unknown ABI profile {abi!r} (want one of {', '.join(PROFILES)})")
-        if kernel not in KERNELS:
-            raise ValueError(f"unknown kernel behaviour {kernel!r} (want one of {', '.join(KERNELS)})")
+        gen = kb.default_generation(abi) if kernel is None else kernel
+        if not kb.allows(gen, abi):  # raises UnknownGeneration (a ValueError) for unknown names
+            raise ValueError(f"kernel behaviour {gen} cannot play ABI profile {abi} (it plays "
+                             f"{', '.join(kb.profiles_of(gen))})")
         self.psp = psp
         self.rmp = rmp
         self.host = HostView(memory, rmp)
         self.abi = abi
-        # The v15 patch is 2024-era code: its version-dependent answers are the ≤7.0 ones
-        # (errata B1/B2), whatever kernel behaviour was asked for.
-        self.kernel = "7.0" if abi == "vmgexit-v15" else kernel
+        self.generation = gen  # the kernel generation whose registry rows this KVM plays
         self.faults = faults if isinstance(faults, FaultSet) else FaultSet(faults)
         self.cert_blob = cert_blob
         self.cpuid = cpuid
@@ -213,9 +244,24 @@ class EmulatedKvm:
             raise IoctlError("KVM_SEV_SNP_ENABLE_REQ_CERTS", errno.EINVAL,
                              f"the {self.abi} kernel has no such command")
         if self.created_vcpus and "late-enable-req-certs" not in self.faults:
-            raise IoctlError("KVM_SEV_SNP_ENABLE_REQ_CERTS", errno.EINVAL,
-                             f"{self.created_vcpus} vCPU(s) already created")
+            r = self._rule("enable-req-certs-after-vcpu")
+            raise IoctlError("KVM_SEV_SNP_ENABLE_REQ_CERTS", _errno(r.errno_name),
+                             f"{self.created_vcpus} vCPU(s) already created ({r.source})")
         self.req_certs_enabled = True
+
+    @property
+    def kernel(self) -> str:
+        """The kernel generation played (older spelling of ``generation``)."""
+        return self.generation
+
+    def _rule(self, shape: str) -> kb.Rule:
+        """This generation's registry row for ``shape``, read at each decision."""
+        return kb.rule(self.generation, shape)
+
+    @property
+    def certs_exit_on(self) -> bool:
+        """Whether an extended report request exits to the VMM for certificates."""
+        return self.abi == "vmgexit-v15" or (self.abi == "req-certs" and self.req_certs_enabled)
 
     def state(self, index: int) -> VcpuSnpState:
         st = self._vcpus.get(index)
@@ -288,10 +334,11 @@ class EmulatedKvm:
         usage = int.from_bytes(ghcb.raw[G.GHCB_USAGE_OFFSET:G.GHCB_USAGE_OFFSET + 4], "little")
         ghcb.set_bitmap(0)
         if st.registered_gpa != gpa:
-            if self.kernel == "7.0":
+            r = self._rule("ghcb-unregistered")
+            if r.outcome == kb.KVM_RUN_ERROR:
                 self._flush(ghcb, gpa)  # the bitmap was cleared in the mapped page
-                raise KvmRunError(errno.EINVAL, f"vmgexit: GHCB GPA {gpa:#x} is not registered")
-            ghcb.set_exit_info(G.GHCB_HV_RESP_MALFORMED_INPUT, G.GHCB_ERR_NOT_REGISTERED)
+                raise KvmRunError(_errno(r.errno_name), f"vmgexit: GHCB GPA {gpa:#x} is not registered")
+            ghcb.set_exit_info(G.GHCB_HV_RESP_MALFORMED_INPUT, r.reason)
             self._unmap(st, ghcb, gpa)
             return
         self.stats[f"nae-{exit_code:#x}"] += 1
@@ -333,14 +380,33 @@ class EmulatedKvm:
             if not ghcb.valid(G.GHCB_SW_SCRATCH_OFFSET, bitmap):
                 raise _Bad(G.GHCB_ERR_MISSING_INPUT)
         elif exit_code in (G.SVM_VMGEXIT_GUEST_REQUEST, G.SVM_VMGEXIT_EXT_GUEST_REQUEST):
-            if self.abi == "vmgexit-v15" and exit_code == G.SVM_VMGEXIT_EXT_GUEST_REQUEST and not (
-                    ghcb.valid(G.GHCB_RAX_OFFSET, bitmap) and ghcb.valid(G.GHCB_RBX_OFFSET, bitmap)):
-                raise _Bad(G.GHCB_ERR_MISSING_INPUT)
-            if info1 % PAGE_SIZE or info2 % PAGE_SIZE or info1 == info2:
-                raise _Bad(G.GHCB_ERR_MISSING_INPUT if self.kernel == "7.0" else G.GHCB_ERR_INVALID_INPUT)
+            if exit_code == G.SVM_VMGEXIT_EXT_GUEST_REQUEST and not _regs_valid(ghcb, bitmap):
+                self._play_at(kb.VALIDATION, "regs-not-valid", ghcb)
+            shape = _page_shape(info1, info2)
+            if shape is not None:
+                self._play_at(kb.VALIDATION, shape, ghcb)
         elif exit_code not in (G.SVM_VMGEXIT_TERM_REQUEST, G.SVM_VMGEXIT_HV_FEATURES,
                                G.SVM_VMGEXIT_UNSUPPORTED_EVENT):
             raise _Bad(G.GHCB_ERR_INVALID_EVENT)
+
+    def _play_at(self, stage: str, shape: str, ghcb: _Ghcb) -> bool:
+        """Play the row for ``shape`` if this generation decides it at ``stage``: a GHCB error
+        raises _Bad, a KVM_RUN error raises KvmRunError, a VMM error is written to the GHCB.
+        Returns True when the call is answered (the caller stops), False to go on."""
+        r = self._rule(shape)
+        if r.stage != stage:
+            return False
+        if r.outcome == kb.GHCB_ERROR:
+            assert r.reason is not None
+            raise _Bad(r.reason)
+        if r.outcome == kb.KVM_RUN_ERROR:
+            raise KvmRunError(_errno(r.errno_name), f"{shape}: {r.source}")
+        if r.outcome == kb.VMM_ERROR:
+            assert r.vmm_error is not None
+            ghcb.set_exit_info(0, G.snp_guest_err(r.vmm_error, 0))
+            self.stats[f"vmm-error-{shape}"] += 1
+            return True
+        return False  # accepted / handed to the firmware: the caller goes on
 
     def _handle(self, vcpu: Any, st: VcpuSnpState, ghcb: _Ghcb, gpa: int, exit_code: int, info1: int,
                 info2: int, scratch: int, bitmap: int, rec: GuestMessageRecord | None) -> None:
@@ -411,16 +477,22 @@ class EmulatedKvm:
         """KVM_HC_MAP_GPA_RANGE exit to the VMM, then the RMP update on success. Returns ret."""
         ret = vcpu.dispatch(MapGpaRange(gpa, npages, attrs))
         ret = int(ret or 0)
-        if self.kernel == "newest" and ret not in (0, errno.EINVAL, errno.EAGAIN):
-            raise KvmRunError(errno.EINVAL, f"KVM_HC_MAP_GPA_RANGE ret {ret} is not 0, EINVAL or EAGAIN")
+        if ret not in (0, errno.EINVAL, errno.EAGAIN):
+            r = self._rule("map-gpa-range-bad-ret")
+            if r.outcome == kb.KVM_RUN_ERROR:
+                raise KvmRunError(_errno(r.errno_name),
+                                  f"KVM_HC_MAP_GPA_RANGE ret {ret} is not 0, EINVAL or EAGAIN")
         if ret == 0:
             end = min(gpa + npages * PAGE_SIZE, self.rmp.npages * PAGE_SIZE)
             if gpa < end:
+                n = (end - gpa) // PAGE_SIZE
                 with self._vm_lock:
                     if attrs & KVM_MAP_GPA_RANGE_ENCRYPTED:
-                        self.rmp.set_private(gpa, (end - gpa) // PAGE_SIZE)
+                        self.host.to_private(gpa, n)
+                        self.rmp.set_private(gpa, n)
                     else:
-                        self.rmp.set_shared(gpa, (end - gpa) // PAGE_SIZE)
+                        self.host.to_shared(gpa, n)
+                        self.rmp.set_shared(gpa, n)
         return ret
 
     def _psc_nae(self, vcpu: Any, ghcb: _Ghcb, ghcb_gpa: int, scratch: int, length: int) -> None:
@@ -429,8 +501,11 @@ class EmulatedKvm:
         area_beg = ghcb_gpa + G.GHCB_SHARED_BUF_OFFSET
         area_end = ghcb_gpa + G.GHCB_RESERVED_0xFF0_OFFSET
         outside: bytearray | None = None
-        if self.kernel == "newest":
-            length = G.PSC_HDR_SIZE  # sizeof(struct psc_hdr); SW_EXITINFO2 is ignored (errata B12)
+        # newest: min_len = sizeof(struct psc_hdr), SW_EXITINFO2 ignored (errata B12) and
+        # end_entry bounded by the GHCB buffer; older: length = SW_EXITINFO2
+        hdr_len_only = self._rule("psc-exitinfo2-past-ghcb").outcome == kb.ACCEPTED
+        if hdr_len_only:
+            length = G.PSC_HDR_SIZE
         if scratch == 0 or scratch + length > U64:
             raise _Bad(G.GHCB_ERR_INVALID_SCRATCH_AREA)
         if scratch & ~0xFFF == ghcb_gpa:
@@ -439,7 +514,8 @@ class EmulatedKvm:
             base, limit = scratch - ghcb_gpa, G.GHCB_RESERVED_0xFF0_OFFSET
             buf = ghcb.raw
         else:
-            if self.kernel == "newest" or length > GHCB_SCRATCH_AREA_LIMIT:
+            if (self._rule("psc-scratch-outside-ghcb").outcome == kb.GHCB_ERROR
+                    or length > GHCB_SCRATCH_AREA_LIMIT):
                 raise _Bad(G.GHCB_ERR_INVALID_SCRATCH_AREA)
             try:
                 outside = bytearray(self.host.read(scratch, length))
@@ -473,7 +549,7 @@ class EmulatedKvm:
             hdr = G.PscHdr.unpack(bytes(buf[base:base + G.PSC_HDR_SIZE]))
             idx_start, idx_end = hdr.cur_entry, hdr.end_entry
             fits = (limit - base - G.PSC_HDR_SIZE) // G.PSC_ENTRY_SIZE
-            if idx_end >= G.VMGEXIT_PSC_MAX_ENTRY or (self.kernel == "newest" and idx_end >= fits):
+            if idx_end >= G.VMGEXIT_PSC_MAX_ENTRY or (hdr_len_only and idx_end >= fits):
                 return complete(G.VMGEXIT_PSC_ERROR_INVALID_HDR)
             idx, cur = idx_start, idx_start
             start = entry(idx)
@@ -526,44 +602,62 @@ class EmulatedKvm:
         hdr = gm.MsgHeader.unpack(page)
         ct = page[gm.PAYLOAD_OFFSET:gm.PAYLOAD_OFFSET + min(hdr.msg_sz, gm.MAX_PAYLOAD_SIZE)]
         rec.vmpck, rec.seqno, rec.msg_type = hdr.msg_vmpck, hdr.msg_seqno, hdr.msg_type
+        rec.hdr_sz, rec.msg_sz = hdr.hdr_sz, hdr.msg_sz
         rec.ct_sha256, rec.tag = hashlib.sha256(ct).hexdigest(), hdr.tag.hex()
         return rec
 
     def _guest_request(self, ghcb: _Ghcb, req_gpa: int, resp_gpa: int, rec: GuestMessageRecord) -> None:
         """snp_handle_guest_req: bounce the request page to firmware, copy the response page back
-        (even on a firmware error), firmware status in SW_EXITINFO2[31:0]."""
+        (even on a firmware error), firmware status in SW_EXITINFO2[31:0] and the generation's
+        VMM error for a firmware error (v15: GENERIC) in [63:32]. Page checks a generation makes
+        here (v15 snp_setup_guest_buf) come first."""
+        shape = _page_shape(req_gpa, resp_gpa)
+        if shape is not None and self._play_at(kb.FIRMWARE_SETUP, shape, ghcb):
+            return
         with self._guest_req_mutex:
             try:
                 req = self.host.read(req_gpa, PAGE_SIZE)
             except GpaOutOfRange:
                 raise KvmRunError(errno.EIO, f"guest request page {req_gpa:#x} unreadable") from None
             status = self.psp.guest_request(req, self._resp_bounce)
+            if "firmware-called-twice" in self.faults:
+                self.psp.guest_request(req, bytearray(PAGE_SIZE))  # the replay; its status is lost
             rec.reached_firmware, rec.fw_status = True, status
             try:
                 self.host.write(resp_gpa, self._resp_bounce)
             except GpaOutOfRange:
                 raise KvmRunError(errno.EIO, f"guest response page {resp_gpa:#x} unwritable") from None
         self.stats["firmware-calls"] += 1
-        ghcb.set_exit_info(0, G.snp_guest_err(0, status))
+        vmm = 0
+        if status:
+            r = self._rule("firmware-error")
+            vmm = r.vmm_error or 0
+        ghcb.set_exit_info(0, G.snp_guest_err(vmm, status))
 
     def _ext_guest_request(self, vcpu: Any, st: VcpuSnpState, ghcb: _Ghcb, req_gpa: int, resp_gpa: int,
                            bitmap: int, rec: GuestMessageRecord) -> None:
-        if self.abi == "vmgexit-v15":
-            return self._ext_v15(vcpu, st, ghcb, req_gpa, resp_gpa, rec)
-        try:
-            msg_type = self.host.read(req_gpa + gm.MSG_TYPE_OFFSET, 1)[0]
-        except GpaOutOfRange:
-            raise KvmRunError(errno.EIO, f"msg_type of {req_gpa:#x} unreadable") from None
-        certs_exit = self.abi == "req-certs" and self.req_certs_enabled
-        if msg_type == gm.MSG_REPORT_REQ or (certs_exit and "certs-exit-any-msg-type" in self.faults):
-            if not (ghcb.valid(G.GHCB_RAX_OFFSET, bitmap) and ghcb.valid(G.GHCB_RBX_OFFSET, bitmap)):
-                raise _Bad(G.GHCB_ERR_INVALID_INPUT)
+        """snp_handle_ext_guest_req ([OLD]/[NEW]) or snp_begin_ext_guest_req ([V15]), as the
+        generation's rows say: which requests exit, which checks run before the exit."""
+        certs_exit = self.certs_exit_on
+        if self._rule("other-msg-type").cert_exit:
+            is_report = True  # v15: no msg_type filter (the header is never read)
+        else:
+            try:
+                msg_type = self.host.read(req_gpa + gm.MSG_TYPE_OFFSET, 1)[0]
+            except GpaOutOfRange:
+                raise KvmRunError(errno.EIO, f"msg_type of {req_gpa:#x} unreadable") from None
+            is_report = msg_type == gm.MSG_REPORT_REQ or (certs_exit and "certs-exit-any-msg-type" in self.faults)
+        if is_report:
+            if not _regs_valid(ghcb, bitmap):
+                self._play_at(kb.REQUEST, "regs-not-valid", ghcb)
             data_gpa, data_npages = st.regs["rax"], st.regs["rbx"]
-            if data_gpa % PAGE_SIZE:
-                raise _Bad(G.GHCB_ERR_INVALID_INPUT)
+            if data_gpa % PAGE_SIZE and "misaligned-certs-gpa-accepted" not in self.faults \
+                    and self._play_at(kb.REQUEST, "certs-gpa-unaligned", ghcb):
+                return
             if certs_exit:
-                return self._req_certs(vcpu, st, ghcb, req_gpa, resp_gpa, data_gpa, data_npages, rec)
-            if data_npages and "stub-no-terminator" not in self.faults:
+                return self._certs_exit(vcpu, st, ghcb, req_gpa, resp_gpa, data_gpa, data_npages, rec)
+            if (data_npages or "stub-writes-when-rbx-zero" in self.faults) \
+                    and "stub-no-terminator" not in self.faults:
                 try:
                     self.host.write(data_gpa, CERT_TABLE_TERMINATOR)  # kvm_clear_guest(data_gpa, 24)
                 except GpaOutOfRange:
@@ -594,58 +688,81 @@ class EmulatedKvm:
             except GpaOutOfRange:
                 pass
 
-    def _req_certs(self, vcpu: Any, st: VcpuSnpState, ghcb: _Ghcb, req_gpa: int, resp_gpa: int,
-                   data_gpa: int, data_npages: int, rec: GuestMessageRecord) -> None:
-        """KVM_EXIT_SNP_REQ_CERTS and snp_complete_req_certs (Linux ≥ 7.0)."""
-        answer = self._vmm_cert_exit(vcpu, ReqCerts(data_gpa, data_npages), data_gpa, data_npages)
-        try:
-            ret = answer.ret
-            if ret == 0:
-                self._guest_request(ghcb, req_gpa, resp_gpa, rec)
-            elif ret == errno.ENOSPC:
-                if "rbx-unchanged-on-invalid-len" not in self.faults:
-                    st.regs["rbx"] = answer.npages & U64
-                if "certs-written-on-enospc" in self.faults:
-                    self._write_certs_anyway(data_gpa, data_npages)
-                ghcb.set_exit_info(0, 1 if "invalid-len-in-low-bits" in self.faults
-                                   else G.snp_guest_err(G.SNP_GUEST_VMM_ERR_INVALID_LEN, 0))
-            elif ret == errno.EAGAIN:
-                if "firmware-called-before-busy" in self.faults:
-                    self._guest_request(ghcb, req_gpa, resp_gpa, rec)
-                ghcb.set_exit_info(0, G.snp_guest_err(G.SNP_GUEST_VMM_ERR_BUSY, 0))
-            elif ret == errno.EIO or "invalid-ret-as-generic" in self.faults:
-                generic = (G.SNP_GUEST_VMM_ERR_GENERIC_V15 if "generic-as-bit31" in self.faults
-                           else G.SNP_GUEST_VMM_ERR_GENERIC)
-                ghcb.set_exit_info(0, G.snp_guest_err(generic, 0))
-            else:
-                raise KvmRunError(errno.EINVAL, f"KVM_EXIT_SNP_REQ_CERTS ret {ret} is not 0, ENOSPC, "
-                                                "EAGAIN or EIO")
-        finally:
-            vcpu.request_complete()
-
-    def _ext_v15(self, vcpu: Any, st: VcpuSnpState, ghcb: _Ghcb, req_gpa: int, resp_gpa: int,
-                 rec: GuestMessageRecord) -> None:
-        """v15 19/20: every extended request exits with KVM_EXIT_VMGEXIT (type REQ_CERTS)."""
-        data_gpa, data_npages = st.regs["rax"], st.regs["rbx"]
-        if data_gpa % PAGE_SIZE:
-            raise _Bad(G.GHCB_ERR_INVALID_INPUT)
-        event = VmgexitReqCerts(KVM_USER_VMGEXIT_REQ_CERTS, data_gpa, data_npages, 0)
+    def _certs_exit(self, vcpu: Any, st: VcpuSnpState, ghcb: _Ghcb, req_gpa: int, resp_gpa: int,
+                    data_gpa: int, data_npages: int, rec: GuestMessageRecord) -> None:
+        """The certificate exit and its completion: KVM_EXIT_SNP_REQ_CERTS + snp_complete_req_certs
+        (7.0+) or KVM_EXIT_VMGEXIT + snp_complete_ext_guest_req (v15); ret 0 → the firmware
+        call, any other ret → the generation's vmm-* row."""
+        v15 = self.abi == "vmgexit-v15"
+        exit_npages = data_npages & 0xFFFF_FFFF if "npages-truncated-32" in self.faults else data_npages
+        event: Any = (VmgexitReqCerts(KVM_USER_VMGEXIT_REQ_CERTS, data_gpa, exit_npages, 0) if v15
+                      else ReqCerts(data_gpa, exit_npages))
         answer = self._vmm_cert_exit(vcpu, event, data_gpa, data_npages)
         try:
-            ret = answer.ret & 0xFFFF_FFFF
+            ret = answer.ret & 0xFFFF_FFFF if v15 else answer.ret  # v15: u32 ret
             if ret == 0:
                 self._guest_request(ghcb, req_gpa, resp_gpa, rec)
                 return
-            if ret == G.SNP_GUEST_VMM_ERR_INVALID_LEN:
+            shape = self._answer_shape(kb.certs_answer_shape(self.generation, ret))
+            r = self._rule(shape)
+            if r.outcome == kb.KVM_RUN_ERROR:
+                raise KvmRunError(_errno(r.errno_name), f"certificate exit ret {ret} is not 0, ENOSPC, "
+                                                        f"EAGAIN or EIO ({r.source})")
+            vmm = r.vmm_error if r.vmm_error is not None else ret  # None: ret verbatim (v15)
+            if "response-written-on-host-error" in self.faults:
+                self._copy_response(resp_gpa)
+            info1 = 1 if "invalid-len-in-exitinfo1" in self.faults and shape == "vmm-enospc" else 0
+            if shape == "vmm-enospc":
+                if "firmware-called-on-enospc" in self.faults:
+                    self._guest_request(ghcb, req_gpa, resp_gpa, rec)
                 if "rbx-unchanged-on-invalid-len" not in self.faults:
-                    st.regs["rbx"] = answer.npages & U64
+                    st.regs["rbx"] = self._rbx_pages(answer.npages) & U64
                 if "certs-written-on-enospc" in self.faults:
                     self._write_certs_anyway(data_gpa, data_npages)
                 if "invalid-len-in-low-bits" in self.faults:
                     ghcb.set_exit_info(0, 1)
                     return
-            elif ret == G.SNP_GUEST_VMM_ERR_BUSY and "firmware-called-before-busy" in self.faults:
-                self._guest_request(ghcb, req_gpa, resp_gpa, rec)
-            ghcb.set_exit_info(0, G.snp_guest_err(ret, 0))
+            elif shape == "vmm-eagain":
+                if "firmware-called-before-busy" in self.faults:
+                    self._guest_request(ghcb, req_gpa, resp_gpa, rec)
+                if "busy-in-low-bits" in self.faults:
+                    ghcb.set_exit_info(0, vmm)
+                    return
+            elif shape == "vmm-eio":
+                if "firmware-called-on-eio" in self.faults:
+                    self._guest_request(ghcb, req_gpa, resp_gpa, rec)
+                if "generic-as-bit31" in self.faults:
+                    vmm = G.SNP_GUEST_VMM_ERR_GENERIC_V15
+            ghcb.set_exit_info(info1, G.snp_guest_err(vmm, 0))
         finally:
             vcpu.request_complete()
+
+    def _answer_shape(self, shape: str) -> str:
+        """The registry row a certificate-exit answer is mapped to (faults remap ret values)."""
+        remap = {"invalid-ret-as-generic": ("vmm-bad-ret", "vmm-eio"),
+                 "eagain-as-generic": ("vmm-eagain", "vmm-eio"),
+                 "eio-as-busy": ("vmm-eio", "vmm-eagain")}
+        for fault, (was, now) in remap.items():
+            if shape == was and fault in self.faults:
+                return now
+        return shape
+
+    def _rbx_pages(self, npages: int) -> int:
+        """RBX after INVALID_LEN: the VMM's npages (faults: off by one, in bytes)."""
+        if "rbx-off-by-one" in self.faults:
+            return npages + 1
+        if "rbx-in-bytes" in self.faults:
+            return npages * PAGE_SIZE
+        return npages
+
+    def _copy_response(self, resp_gpa: int) -> None:
+        """Fault response-written-on-host-error: the (stale) bounce page goes to the guest."""
+        try:
+            self.host.write(resp_gpa, self._resp_bounce)
+        except GpaOutOfRange:
+            pass
+
+
+def _regs_valid(ghcb: _Ghcb, bitmap: int) -> bool:
+    """RAX and RBX are marked valid in the GHCB (the extended request's certificate buffer)."""
+    return ghcb.valid(G.GHCB_RAX_OFFSET, bitmap) and ghcb.valid(G.GHCB_RBX_OFFSET, bitmap)

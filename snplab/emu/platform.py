@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from snplab.abi import kernel_behaviour as kb
 from snplab.abi.policy import PLATFORM_INFO_SMT_EN
 from snplab.abi.tcb import TcbVersion
 from snplab.emu.faults import FaultSet
@@ -63,7 +64,7 @@ class EmulatedBackend:
     c_bit_mask = 0
 
     def __init__(self, product: str = "milan", signer: str = "vcek", abi: str = "req-certs",
-                 faults: Iterable[str] = (), report_version: int = 5, kernel: str = "newest",
+                 faults: Iterable[str] = (), report_version: int = 5, kernel: str | None = None,
                  tcb: TcbVersion | None = None, chip_id: bytes | None = None, csp_id: str | None = None,
                  enable_req_certs: str = "early", responder: Any = None, store: KeyStore | None = None,
                  platform_info: int = PLATFORM_INFO_SMT_EN, rng: Callable[[int], bytes] = os.urandom,
@@ -80,9 +81,13 @@ class EmulatedBackend:
             raise ValueError(f"enable_req_certs must be one of {', '.join(ENABLE_REQ_CERTS_WHEN)}")
         if report_version not in (2, 3, 5):
             raise ValueError(f"report version {report_version} not emulated (2, 3 or 5)")
+        gen = kb.default_generation(abi) if kernel is None else kernel
+        if not kb.allows(gen, abi):  # UnknownGeneration (a ValueError) for an unknown name
+            raise ValueError(f"kernel behaviour {gen} cannot play ABI profile {abi} (it plays "
+                             f"{', '.join(kb.profiles_of(gen))})")
         self.signer = signer
         self.abi = abi
-        self.kernel = kernel
+        self.kernel = gen  # the kernel generation (snplab.abi.kernel_behaviour) KVM plays
         self.faults = FaultSet(faults)
         self.report_version = report_version
         self.enable_req_certs_when = enable_req_certs
@@ -200,7 +205,7 @@ class EmulatedBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"platform": self.name, "product": self.product, "signer": self.signer, "abi": self.abi,
-                "kernel": self.kernel, "faults": sorted(self.faults), "report_version": self.report_version,
+                "kernel": self.kernel, "kernel_behaviour": self.kernel, "faults": sorted(self.faults), "report_version": self.report_version,
                 "tcb": f"{self.keys.tcb.pack():#018x}", "chip_id": self.keys.chip_id.hex(),
                 "enable_req_certs_error": self.vm.enable_req_certs_error if self.vm else None}
 

@@ -2,11 +2,23 @@
 validated or not; plus the host's view of guest memory that the RMP implies.
 
 On SNP hardware with guest_memfd, a private page's contents live in guest_memfd and the host's
-ordinary mapping of that GPA is a different (shared) page. The emulated platform has one memslot,
-so the difference is modelled here: **a host access (KVM or the VMM) to a page that is private in
-the RMP reads zeros and its writes are discarded** — the guest never sees them, as on hardware.
-So a request page the guest left private reaches the firmware as a zero page (the firmware answers
-INVALID_PARAM), and certificates written into a private buffer never reach the guest.
+ordinary mapping of that GPA is a different (shared) page: KVM's ``kvm_read_guest`` /
+``kvm_write_guest`` / ``kvm_clear_guest`` go through the memslot's ``userspace_addr`` whatever the
+private attribute (fidelity-review D8). The emulated platform has one memslot (the guest's view),
+so the shared backing of private pages is modelled here (``HostView``): **a host access (KVM or
+the VMM) to a page that is private in the RMP reads and writes that page's shared backing** — the
+guest never sees it while the page stays private; when the guest converts the page to shared
+(``to_shared``), what the host wrote there is what it sees, as on hardware. The backing of a page
+the host never wrote reads as zeros. So a request page the guest left private reaches the firmware
+as a zero page (the firmware answers INVALID_PARAM), and certificates written into a private
+buffer never reach the guest while it is private.
+
+Not modelled (documented): the shared backing of a page launched NORMAL holds the pre-launch
+plaintext the VMM left in its mapping (``snplab/vmm/snp.py`` writes the source there), which a
+host read of it would return on hardware; here it reads as zeros. A private page converted to
+shared without host writes keeps the guest's contents here; on hardware it would show the shared
+backing (zeros, or that plaintext). The suites use only pages launched ZERO and never written
+through the shared mapping, where both agree.
 
 States (the granularity is always 4 KiB; a 2 MiB PVALIDATE on 4 KiB entries is a size mismatch):
 - launched pages: private + validated (SNP_LAUNCH_UPDATE validates them);
@@ -119,20 +131,30 @@ class Rmp:
 class HostView:
     """KVM's ``kvm_read_guest`` / ``kvm_write_guest``: the shared side of guest memory.
 
-    Bounds are checked by the memory object (``GpaOutOfRange``); private pages read as zeros and
-    swallow writes (see the module docstring)."""
+    Bounds are checked by the memory object (``GpaOutOfRange``); a private page is read from and
+    written to its shared backing (``backing``, zeros until the host writes it), never the guest's
+    view (see the module docstring)."""
 
     def __init__(self, memory: Memory, rmp: Rmp) -> None:
         self.memory = memory
         self.rmp = rmp
-        self.dropped_writes = 0  # bytes written to private pages (never seen by the guest)
+        self.dropped_writes = 0  # bytes written to private pages (never seen by the guest while private)
+        self.backing: dict[int, bytearray] = {}  # page GPA -> shared backing of a private page
+
+    def _backing(self, page: int) -> bytearray:
+        buf = self.backing.get(page)
+        if buf is None:
+            buf = self.backing[page] = bytearray(PAGE_SIZE)
+        return buf
 
     def read(self, gpa: int, length: int) -> bytes:
         data = bytearray(self.memory.view(gpa, length))
         for page in self.rmp.private_pages(gpa, length):
             lo = max(page, gpa) - gpa
             hi = min(page + PAGE_SIZE, gpa + length) - gpa
-            data[lo:hi] = bytes(hi - lo)
+            buf = self.backing.get(page)
+            off = max(page, gpa) - page
+            data[lo:hi] = buf[off:off + hi - lo] if buf is not None else bytes(hi - lo)
         return bytes(data)
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
@@ -148,6 +170,8 @@ class HostView:
             page_end = min((pos | (PAGE_SIZE - 1)) + 1, end)
             if self.rmp.contains(pos) and self.rmp.is_private(pos):
                 self.dropped_writes += page_end - pos
+                page = pos & ~(PAGE_SIZE - 1)
+                self._backing(page)[pos - page:page_end - page] = src[pos - gpa:page_end - gpa]
             else:
                 view[pos - gpa:page_end - gpa] = src[pos - gpa:page_end - gpa]
             pos = page_end
@@ -169,6 +193,21 @@ class HostView:
             view = self.memory.view(page, PAGE_SIZE)
             if view != data:
                 changed += sum(1 for a, b in zip(bytes(view), data) if a != b)
+                self._backing(page)[:] = view  # what the VMM wrote went to the shared backing
                 view[:] = data
         self.dropped_writes += changed
         return changed
+
+    def to_shared(self, gpa: int, npages: int) -> None:
+        """Pages become shared: the guest now sees their shared backing where the host wrote
+        one (call before the RMP update)."""
+        for i in range(npages):
+            page = gpa + i * PAGE_SIZE
+            buf = self.backing.pop(page, None)
+            if buf is not None:
+                self.memory.view(page, PAGE_SIZE)[:] = buf
+
+    def to_private(self, gpa: int, npages: int) -> None:
+        """Pages become private: their shared backing starts empty (the VMM discards it)."""
+        for i in range(npages):
+            self.backing.pop(gpa + i * PAGE_SIZE, None)

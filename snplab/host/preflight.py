@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from snplab.abi import kernel_behaviour as kb
 from snplab.host import kernel_headers, sev_device
 from snplab.vmm import uapi
 from snplab.vmm.kvm import DEFAULT_IOCTL, IoctlLayer, Kvm
@@ -321,6 +322,9 @@ def _check_sev_attrs(ctx: _Ctx) -> None:
         facts[name] = value if rc >= 0 else None
         facts[name + "_errno"] = None if rc >= 0 else -rc
     err = facts["req_certs_errno"]
+    ver = parse_release(ctx.release or "")
+    facts["kernel_behaviour"] = kb.detect_generation(ver[:2] if ver else None,
+                                                     facts["req_certs"] if err is None else None)
     if err is None and facts["req_certs"] == 1:
         facts["abi"] = "req-certs"
         ctx.add("sev_attrs", title, Status.OK, "KVM_X86_SEV_SNP_REQ_CERTS = 1 → ABI profile req-certs", facts=facts)
