@@ -53,7 +53,7 @@ def selection(profiles: Sequence[str], product: str) -> str:
 
 def pytest_command(opts: MutateOptions, out: Path, fault: str | None,
                    profiles: Sequence[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "pytest", *opts.suites, "-q", "--no-header", "-rN",
+    cmd = [sys.executable, "-m", "pytest", *opts.suites, "-q", "--no-header", "-rN", "--tb=no",
            "-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:xdist", "-o", "addopts=",
            "--reports", str(out)]
     if opts.product != "auto":
@@ -77,8 +77,10 @@ class _Run:
 
 
 def _run_pytest(cmd: list[str], out: Path, timeout_s: float) -> _Run:
+    from snplab.pytest_plugin import LEAN_REPORTS_ENV
+
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", LEAN_REPORTS_ENV: "1"}
     env.pop("SNPLAB_FAULTS", None)  # only the fault on the command line
     env.pop("PYTEST_XDIST_WORKER", None)
     t0 = time.monotonic()
