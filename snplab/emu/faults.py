@@ -146,7 +146,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
           "rejected as INVALID_INPUT",
           "snp_handle_ext_guest_req: if (!PAGE_ALIGNED(data_gpa)) → GHCB_ERR_INVALID_INPUT "
           "(v15: GENERIC without an exit; the registry row certs-gpa-unaligned)",
-          ("kernel_answer",)),
+          ("kernel_answer", "cert_exit_per_request")),
     Fault("certs-exit-any-msg-type", "kvm", _RC,
           "the certificate exit is taken for every extended request, not only MSG_REPORT_REQ "
           "(the v15 generation does exit for every type; a fault for Linux 7.0)",
