@@ -20,10 +20,10 @@ th{background:#f1f3f7;font-weight:600}
 th.fam{writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap;font-size:.85em}
 td.cell{text-align:center;font-size:.8em;min-width:4.5em}
 td.k{background:#cdebd3} td.w{background:#ffe8b3} td.n{color:#b0b4bc}
-tr.survived td.name,tr.error td.name{background:#f7c6c6}
-tr.weakly-killed td.name{background:#ffe8b3}
+tr.row-survived td.name,tr.row-error td.name{background:#f7c6c6}
+tr.row-weakly-killed td.name{background:#ffe8b3}
 .badge{display:inline-block;border-radius:3px;padding:0 .35em;font-size:.8em;color:#fff}
-.killed{background:#2f8a46} .weakly-killed{background:#b7791f} .survived,.error{background:#c53030}
+.b-killed{background:#2f8a46} .b-weakly-killed{background:#b7791f} .b-survived,.b-error{background:#c53030}
 .layer{color:#666;font-size:.8em}
 code{font-size:.9em}
 """
@@ -75,9 +75,9 @@ def render(doc: Mapping[str, Any]) -> str:
                + "".join(f'<th class=fam>{escape(f)}</th>' for f in fams) + "</tr>")
     for f in doc["faults"]:
         st = f["status"]
-        out.append(f'<tr class="{escape(st)}"><td class=name title="{escape(f["description"], quote=True)}">'
+        out.append(f'<tr class="row-{escape(st)}"><td class=name title="{escape(f["description"], quote=True)}">'
                    f'<b>{escape(f["name"])}</b> <span class=layer>{escape(f["layer"])}</span><br>'
-                   f'<span class="badge {escape(st)}">{escape(st)}</span></td>'
+                   f'<span class="badge b-{escape(st)}">{escape(st)}</span></td>'
                    f'<td><code>{escape(", ".join(f["breaks"]))}</code></td>'
                    + "".join(_cell(f["families"].get(fam)) for fam in fams) + "</tr>")
     out.append("</table>")
