@@ -60,6 +60,7 @@ def render(run_dir: Path) -> str:
            "<table>"]
     facts = {"platform": summary.get("platform"), "kernel": host.get("kernel"),
              "host": host.get("hostname"), "cpu": host.get("cpu"),
+             "kernel behaviour": summary.get("kernel_behaviour"),
              "faults injected": ", ".join(summary.get("faults") or []) or "none",
              "wall time": f"{summary['wall_s']} s" if "wall_s" in summary else None}
     out += [f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in facts.items()

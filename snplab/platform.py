@@ -565,11 +565,11 @@ class SnpPlatform(LocalPlatform):
         if reason:
             raise PlatformUnavailable(reason)
         self.host_abi = self._abi or snp.detect_abi(io=ioctl)
+        self.host_product = snp.host_product(cpuinfo)
         from snplab.host.kernel_generation import detect as detect_generation
 
         self.host_kernel_behaviour: str | None = (
-            "v15" if self.host_abi == "vmgexit-v15" else detect_generation()["kernel_behaviour"])
-        self.host_product = snp.host_product(cpuinfo)
+            "v15" if self.host_abi == "vmgexit-v15" else detect_generation(io=ioctl)["kernel_behaviour"])
         if self._certs_blob is None:
             raise PlatformUnavailable("--certs-blob FILE (the host's certificate blob) is needed "
                                       "on an SNP host")

@@ -150,15 +150,9 @@ def _kernel_behaviour_facts(release: str) -> dict[str, Any]:
     """The kernel generation this machine's kernel is detected as (release + the
     KVM_X86_SEV_SNP_REQ_CERTS attribute; snplab.host.kernel_generation), probed once."""
     if release not in _KB_FACTS:
-        try:
-            from snplab.host.kernel_generation import detect
+        from snplab.host.kernel_generation import host_facts as kernel_behaviour_facts
 
-            d = detect(release)
-            _KB_FACTS[release] = {"kernel_behaviour_detected": d["kernel_behaviour"],
-                                  "kernel_behaviour_basis": d["kernel_behaviour_basis"]}
-        except Exception as e:  # noqa: BLE001 - a fact we could not get is reported as such
-            _KB_FACTS[release] = {"kernel_behaviour_detected": None,
-                                  "kernel_behaviour_basis": f"not detected: {e}"}
+        _KB_FACTS[release] = kernel_behaviour_facts(release)
     return dict(_KB_FACTS[release])
 
 

@@ -398,3 +398,44 @@ def test_stub_generic_vmm_error_is_flagged():
     t = transcript(sc, [vcpu([s])], abi="stub")
     r = checks.stub_no_vmm_errors(t)
     assert r.ok is False and "0xffffffff00000000" in r.detail
+
+
+@pytest.mark.parametrize("kernel,abi,e1,e2,ok", [
+    ("newest", "req-certs", 2, 5, True), ("newest", "req-certs", 2, 4, False),
+    ("7.0", "req-certs", 2, 4, True), ("7.0", "req-certs", 2, 5, False),
+    ("6.11-stub", "stub", 2, 4, True),
+    ("v15", "vmgexit-v15", 0, 0x80000000 << 32, True), ("v15", "vmgexit-v15", 2, 4, False)])
+def test_kernel_answer_is_judged_by_the_transcripts_generation(kernel, abi, e1, e2, ok):
+    """expect_kernel_answer reads the row of the generation the transcript's host played."""
+    sc = scenario(Step.ext(NEED, pages="misaligned_req"), abi=abi, kernel=kernel)
+    s = step([attempt(1, e2, e1=e1, rbx_in=NEED)], outcome=6)
+    t = transcript(sc, [vcpu([s], seqno_next=[1, 1, 1, 1])], blob=BLOB)
+    t = Transcript(**{**t.__dict__, "kernel_behaviour": kernel})
+    r = checks.expect_kernel_answer(t, 0, 0)
+    assert r.ok is ok, r.message
+    assert ("pages-misaligned on kernel " + kernel) in r.detail
+
+
+def test_v15_unaligned_certificate_gpa_accepts_any_firmware_bits():
+    """v15's abort path leaves fw_err uninitialised: any low 32 bits, but GENERIC and EXITINFO1 0."""
+    sc = scenario(Step.ext(NEED, certs_gpa_offset=8), abi="vmgexit-v15")
+    for e2, ok in (((0x80000000 << 32) | 0x1234, True), (0xFFFFFFFF << 32, False)):
+        s = step([attempt(1, e2, rbx_in=NEED)], outcome=5)
+        t = transcript(sc, [vcpu([s], seqno_next=[1, 1, 1, 1])], blob=BLOB)
+        assert checks.expect_kernel_answer(t, 0, 0).ok is ok
+    assert checks.cert_exits_match_requests(t), "no certificate exit is expected on v15 here"
+
+
+def test_v15_late_page_check_yields_to_the_vmm_answer():
+    """On v15 the pages are checked after the certificate exit: when the VMM answered ENOSPC
+    the guest rightly sees INVALID_LEN, not GENERIC."""
+    sc = scenario(Step.ext(1, pages="misaligned_req"), abi="vmgexit-v15")
+    s = step([attempt(1, 1 << 32, rbx_in=1, rbx_out=NEED)], outcome=2)
+    t = transcript(sc, [vcpu([s], seqno_next=[1, 1, 1, 1])], blob=BLOB,
+                   events=[{**cert_exit(1, 1, NEED), "kind": "VmgexitReqCerts"}])
+    r = checks.expect_kernel_answer(t, 0, 0)
+    assert r.ok is True and "vmm-enospc" in r.detail, r.message
+    s = step([attempt(1, 0x80000000 << 32, rbx_in=NEED)], outcome=5)
+    t = transcript(sc, [vcpu([s], seqno_next=[1, 1, 1, 1])], blob=BLOB,
+                   events=[{**cert_exit(NEED, 0, 0), "kind": "VmgexitReqCerts"}])
+    assert checks.expect_kernel_answer(t, 0, 0).ok is True

@@ -54,3 +54,22 @@ def test_transcript_records_which_cpuid_page_launched(snp_platform, reject, laun
     backend = t.host["backend"]
     assert backend["cpuid_launched"] == launched
     assert len(backend["cpuid_corrections"]) == (reject == "always")
+
+
+@pytest.mark.parametrize("attr,release,want", [(1, "7.0.3", "7.0"), (1, "7.2.0", "newest"),
+                                               (None, "6.14.1", "6.11-stub")])
+def test_kernel_behaviour_detected_and_recorded(snp_platform, monkeypatch, attr, release, want):
+    """The snp platform detects its kernel generation from the release and the
+    KVM_X86_SEV_SNP_REQ_CERTS attribute, and every transcript records it for the checks."""
+    import os
+    from types import SimpleNamespace
+
+    real = os.uname()
+    monkeypatch.setattr(os, "uname", lambda: SimpleNamespace(
+        sysname=real.sysname, nodename=real.nodename, release=release, version=real.version,
+        machine=real.machine))
+    p = snp_platform(FakeSnpKvm(req_certs_attr=attr))
+    assert p.host_kernel_behaviour == want
+    abi = "req-certs" if attr == 1 else "stub"
+    t = p.run(Scenario.single(abi, "milan", Step.ext(1)))
+    assert t.kernel_behaviour == want and checks.generation_of(t) == want

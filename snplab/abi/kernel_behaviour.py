@@ -99,6 +99,7 @@ class Rule:
     cert_exit: bool = False          # a certificate exit reaches the VMM before this answer
     ret: int | None = None           # vmm-* shapes: the VMM's ret value that selects the row
     fw_bits: str = ""                # SW_EXITINFO2[31:0]: "0", "status" (the firmware's), "any"
+    zeroes: int = 0                  # bytes KVM zeroes at RAX (the certificate buffer) when RBX != 0
     writes: str = ""                 # what KVM writes to the guest (memory, RBX)
     verified: bool = True            # False: inferred, not read in a source
     note: str = ""
@@ -159,7 +160,7 @@ _INVALID_LEN_WRITES = "RBX := the npages the VMM put in the exit; nothing in the
 # Rows common to the ≥ 6.11 merged code (bounce buffers, msg_type filter, RAX checks).
 _MERGED_REQUEST = {
     "report-request-no-certs-exit": Rule(
-        ACCEPTED, REQUEST, "[OLD]/[NEW] snp_handle_ext_guest_req", reason=None, cert_exit=False,
+        ACCEPTED, REQUEST, "[OLD]/[NEW] snp_handle_ext_guest_req", cert_exit=False, zeroes=24,
         writes="24 zero bytes at RAX (kvm_clear_guest) if RBX != 0, nothing if RBX = 0; never "
                "INVALID_LEN or BUSY; then the firmware call"),
     "other-msg-type": Rule(

@@ -101,7 +101,6 @@ KVM_MAP_GPA_RANGE_PAGE_SZ_4K = 0
 KVM_MAP_GPA_RANGE_PAGE_SZ_2M = 1
 KVM_USER_VMGEXIT_REQ_CERTS = 1  # v15 kvm_user_vmgexit.type
 GHCB_SCRATCH_AREA_LIMIT = 16 * PAGE_SIZE
-CERT_TABLE_TERMINATOR = bytes(24)
 SEV_STATUS_VALUE = G.MSR_AMD64_SEV_ENABLED | G.MSR_AMD64_SEV_ES_ENABLED | G.MSR_AMD64_SEV_SNP_ENABLED
 SNP_CBIT_POSITION = 51  # CPUID 0x8000001F EBX[5:0] on Milan/Genoa/Turin
 U64 = (1 << 64) - 1
@@ -656,10 +655,15 @@ class EmulatedKvm:
                 return
             if certs_exit:
                 return self._certs_exit(vcpu, st, ghcb, req_gpa, resp_gpa, data_gpa, data_npages, rec)
+<<<<<<< HEAD
             if (data_npages or "stub-writes-when-rbx-zero" in self.faults) \
                     and "stub-no-terminator" not in self.faults:
+=======
+            zeroes = self._rule("report-request-no-certs-exit").zeroes
+            if data_npages and zeroes and "stub-no-terminator" not in self.faults:
+>>>>>>> registry
                 try:
-                    self.host.write(data_gpa, CERT_TABLE_TERMINATOR)  # kvm_clear_guest(data_gpa, 24)
+                    self.host.write(data_gpa, bytes(zeroes))  # kvm_clear_guest(data_gpa, 24)
                 except GpaOutOfRange:
                     raise KvmRunError(errno.EIO, f"certificate buffer {data_gpa:#x} unwritable") from None
         self._guest_request(ghcb, req_gpa, resp_gpa, rec)

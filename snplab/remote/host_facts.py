@@ -84,7 +84,15 @@ def host_facts() -> dict[str, Any]:
         "machine": u.machine,
         "python": platform.python_version(),
         "sev_snp_param": _read(KVM_AMD_PARAMS / "sev_snp"),
+        **_kernel_behaviour(u.release),
     }
+
+
+def _kernel_behaviour(release: str) -> dict[str, Any]:
+    """The kernel generation this host is detected as (snplab.host.kernel_generation)."""
+    from snplab.host.kernel_generation import host_facts as kernel_behaviour_facts
+
+    return kernel_behaviour_facts(release)
 
 
 def probe(remote_platform: str) -> dict[str, Any]:
