@@ -655,13 +655,9 @@ class EmulatedKvm:
                 return
             if certs_exit:
                 return self._certs_exit(vcpu, st, ghcb, req_gpa, resp_gpa, data_gpa, data_npages, rec)
-<<<<<<< HEAD
-            if (data_npages or "stub-writes-when-rbx-zero" in self.faults) \
-                    and "stub-no-terminator" not in self.faults:
-=======
             zeroes = self._rule("report-request-no-certs-exit").zeroes
-            if data_npages and zeroes and "stub-no-terminator" not in self.faults:
->>>>>>> registry
+            if (data_npages or "stub-writes-when-rbx-zero" in self.faults) and zeroes \
+                    and "stub-no-terminator" not in self.faults:
                 try:
                     self.host.write(data_gpa, bytes(zeroes))  # kvm_clear_guest(data_gpa, 24)
                 except GpaOutOfRange:
