@@ -7,7 +7,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 JOBS    ?= auto
 
-.PHONY: suite test payload bench clean
+.PHONY: suite test payload bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ suite: $(STAMP) payload
 ## The project's own tests.
 test: $(STAMP) payload
 	$(VPY) -m pytest tests -n 2 $(ARGS)
+
+## The fault catalog: the suite once per injected fault, kill matrix in reports/<run>/mutate.*
+mutate: $(STAMP) payload
+	$(VPY) -m snplab.cli mutate $(ARGS)
 
 bench: $(STAMP) payload
 	$(VPY) bench/run_all.py

@@ -37,12 +37,14 @@ from snplab.abi.ghcb import (GHCB_ERR_INVALID_INPUT, GHCB_ERR_MISSING_INPUT,
                               SNP_GUEST_VMM_ERR_INVALID_LEN, SNP_GUEST_VMM_ERR_SHIFT)
 from snplab.scenario import MSG_REPORT_REQ, pages_for
 from snplab.transcript import Attempt, StepResult, Transcript, TranscriptError
+from snplab.vmm.memory_map import CERTS_MAX_PAGES
 
 INVALID_LEN = SNP_GUEST_VMM_ERR_INVALID_LEN << SNP_GUEST_VMM_ERR_SHIFT
 BUSY = SNP_GUEST_VMM_ERR_BUSY << SNP_GUEST_VMM_ERR_SHIFT
 # Reasons a misaligned or identical request/response page may get on some kernel (errata B1);
 # what a given kernel answers is its registry row (``kernel_rule``).
 PAGE_ERROR_REASONS = (GHCB_ERR_MISSING_INPUT, GHCB_ERR_INVALID_INPUT)
+MSG_KEY_REQ = 3  # SNP firmware ABI guest message type
 # Bad-input shapes a guest step can have, in KVM's order of checks within one stage.
 STEP_SHAPES = ("pages-misaligned", "pages-identical", "regs-not-valid", "certs-gpa-unaligned")
 
@@ -664,7 +666,8 @@ def expect_success(t: Transcript, v: int, i: int) -> CheckResult:
                             f"{a.sw_exitinfo2:#x}, want 0/0"])
     if s.decrypt_name != "OK":
         # a response under the wrong sequence number breaks seqno_advance (response = N + 1)
-        prop = "seqno_advance" if s.decrypt_name == "BAD_SEQNO" else "response_authentic"
+        prop = {"BAD_SEQNO": "seqno_advance", "BAD_HEADER": "response_header"}.get(
+            s.decrypt_name, "response_authentic")
         return _fail(prop, [f"{s.where}: response did not decrypt ({s.decrypt_name}): response "
                             f"seqno {s.resp_seqno} for request seqno {a.seqno}"])
     if s.rsp_status != 0:
@@ -837,6 +840,35 @@ def report_data_roundtrip(t: Transcript, v: int, i: int) -> CheckResult:
     return _ok(name, s.where)
 
 
+def report_vmpl(t: Transcript, v: int, i: int) -> CheckResult:
+    """The report's VMPL is the one MSG_REPORT_REQ asked for."""
+    from snplab.abi.report import VMPL_OFFSET
+
+    name = "report_vmpl"
+    s = t.step(v, i)
+    want = t.scenario.steps[v][i].vmpl
+    got = int.from_bytes(s.report[VMPL_OFFSET:VMPL_OFFSET + 4], "little")
+    if got != want:
+        return _fail(name, [f"{s.where}: report VMPL {got}, the request asked for {want}"])
+    return _ok(name, f"{s.where}: VMPL {want}")
+
+
+def expect_report_refused(t: Transcript, v: int, i: int, *,
+                          name: str = "report_refused") -> CheckResult:
+    """The exchange completed but the firmware granted no report (MSG_REPORT_RSP.status != 0,
+    report_size 0)."""
+    s = _step_or_none(t, v, i)
+    if s is None or s.last is None:
+        return _fail(name, [f"vCPU {v} step {i} made no attempt (run status {t.status})"])
+    if not s.last.completed or s.decrypt_name != "OK":
+        return _fail(name, [f"{s.where}: exchange did not complete (EXITINFO2="
+                            f"{s.last.sw_exitinfo2:#x}, {s.decrypt_name})"])
+    if s.rsp_status == 0 or s.has_report:
+        return _fail(name, [f"{s.where}: MSG_REPORT_RSP status {s.rsp_status:#x} with a report, "
+                            "want a refusal"])
+    return _ok(name, f"{s.where}: refused with status {s.rsp_status:#x}")
+
+
 def _trust_from(t: Transcript, trust: Any) -> Any:
     """The trust store to use: the one given, else the emulated roots carried in the transcript
     (accepted unpinned: they are the emulated platform's own, never AMD's)."""
@@ -941,13 +973,196 @@ def measurement_matches(t: Transcript) -> CheckResult:
 
 
 # ---------------------------------------------------------------------------------------------
+# the host's side of an exchange: exit arguments, writes, firmware calls
+
+
+def cert_exit_args(t: Transcript) -> CheckResult:
+    """Each certificate exit carries the guest's RAX and RBX unchanged (``gpa``/``npages`` are
+    u64: nothing truncated or rounded on the way to the VMM)."""
+    name = "cert_exit_args"
+    problems = []
+    pairs = cert_exit_of(t)
+    for a in t.all_attempts():
+        e = pairs.get((a.vcpu, a.step, a.index))
+        if e is None:
+            continue
+        gpa, npages = e.get("gpa", e.get("data_gpa")), e.get("npages", e.get("data_npages"))
+        if (gpa, npages) != (a.rax_in, a.rbx_in):
+            problems.append(f"{a.where}: exit gpa={gpa:#x} npages={npages}, the guest sent "
+                            f"RAX={a.rax_in:#x} RBX={a.rbx_in}")
+    return _verdict(name, problems)
+
+
+def _answers_scripted_enospc(t: Transcript, e: Mapping[str, Any] | None) -> bool:
+    """The scenario scripted ENOSPC (or a page count) for this certificate exit."""
+    if e is None:
+        return False
+    exits = t.cert_exits()
+    k = next((n for n, x in enumerate(exits) if x is e), None)
+    answers = t.scenario.cert_answers
+    return k is not None and k < len(answers) and (
+        answers[k] == "ENOSPC" or answers[k].startswith("enospc-npages:"))
+
+
+def invalid_len_justified(t: Transcript) -> CheckResult:
+    """INVALID_LEN only when the guest's buffer is too small: never for RBX >= the pages every
+    blob the host served needs (unless the test scripted ENOSPC)."""
+    name = "invalid_len_justified"
+    blobs = t.served_blobs()
+    if not blobs:
+        return _ok(name, "no served blob recorded")
+    need = max(pages_for(len(b)) for b in blobs)
+    pairs = cert_exit_of(t)
+    problems = [f"{a.where}: INVALID_LEN for RBX={a.rbx_in} pages, the blob needs {need}"
+                for a in _invalid_len_attempts(t)
+                if a.rbx_in >= need and not _answers_scripted_enospc(t, pairs.get(
+                    (a.vcpu, a.step, a.index)))]
+    return _verdict(name, problems)
+
+
+def certs_within_buffer(t: Transcript) -> CheckResult:
+    """The VMM writes certificate bytes only inside the guest's buffer (gpa, npages pages)."""
+    name = "certs_within_buffer"
+    problems = []
+    for r in t.host.get("responder") or ():
+        n, at = int(r.get("written_len") or 0), r.get("written_gpa")
+        if not n or at is None:
+            continue
+        end, limit = int(at) + n, int(r["gpa"]) + int(r["npages"]) * 4096
+        if int(at) < int(r["gpa"]) or end > limit:
+            problems.append(f"vCPU {r.get('vcpu')}: {n} bytes written at {int(at):#x}, the buffer "
+                            f"is {r['npages']} page(s) at {int(r['gpa']):#x}")
+    return _verdict(name, problems)
+
+
+def host_error_no_response(t: Transcript) -> CheckResult:
+    """A request refused by KVM or the VMM (GHCB error, INVALID_LEN, BUSY, generic) leaves the
+    guest's response page untouched (the guest zeroes it before every exit)."""
+    name = "host_error_no_response"
+    problems = [f"{a.where}: EXITINFO1={a.sw_exitinfo1:#x} EXITINFO2={a.sw_exitinfo2:#x} yet the "
+                "response page was written" for a in t.all_attempts()
+                if _host_error(t, a) and a.resp_written]
+    return _verdict(name, problems)
+
+
+def firmware_call_per_request(t: Transcript) -> CheckResult:
+    """Every guest request KVM forwarded was handed to the firmware exactly once (the
+    firmware's own log against KVM's; emulated platform)."""
+    name = "firmware_call_per_request"
+    psp_log = t.host.get("psp_log")
+    if psp_log is None:
+        return _ok(name, "no firmware log (not the emulated platform)")
+    forwarded = sum(1 for m in t.message_log if m.get("reached_firmware"))
+    if len(psp_log) != forwarded:
+        return _fail(name, [f"the firmware processed {len(psp_log)} message(s) for {forwarded} "
+                            "request(s) KVM forwarded"])
+    return _ok(name, f"{forwarded} firmware call(s)")
+
+
+def message_within_page(t: Transcript) -> CheckResult:
+    """No guest message claims more than one page (header + msg_sz <= 4096), as KVM saw it."""
+    name = "message_within_page"
+    problems = []
+    for m in t.message_log:
+        sz = m.get("msg_sz")
+        if sz is not None and int(m.get("hdr_sz") or 0x60) + int(sz) > 4096:
+            problems.append(f"vCPU {m.get('vcpu')} seqno {m.get('seqno')}: header + msg_sz "
+                            f"{int(m.get('hdr_sz') or 0x60)} + {sz} > 4096")
+    return _verdict(name, problems)
+
+
+def _well_formed_step(t: Transcript, v: int, i: int) -> bool:
+    """The step sends an ordinary message the firmware must accept under the right seqno."""
+    st = _scenario_step(t, v, i)
+    return (st is not None and st.seqno is None and st.pages == "normal" and st.msg_version == 1
+            and st.msg_type in (MSG_REPORT_REQ, MSG_KEY_REQ))
+
+
+def firmware_accepts_next_seqno(t: Transcript) -> CheckResult:
+    """A well-formed message under the guest's next sequence number (1, then +2 per completed
+    exchange) is accepted by the firmware: the firmware's counter follows the same rule."""
+    name = "firmware_accepts_next_seqno"
+    problems = []
+    users = _vmpck_users(t)
+    for v in range(t.nvcpus):
+        expected: dict[int, int | None] = {}
+        for s in t.steps(v):
+            for a in s.attempts:
+                k = a.vmpck
+                if len(users.get(k, {v})) > 1:
+                    continue
+                if not _well_formed_step(t, v, s.index):
+                    expected[k] = None  # a deliberate replay, skip or malformed message
+                    continue
+                want = expected.get(k, 1)
+                if want is not None and a.seqno == want and _fw_rejected(t, a):
+                    problems.append(f"{a.where}: the firmware rejected seqno {a.seqno} (status "
+                                    f"{a.fw_status:#x}), the next one after the completed "
+                                    "exchanges")
+                if a.completed:
+                    expected[k] = a.seqno + 2
+    return _verdict(name, problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# the guest's policy (what a Linux-style guest does with INVALID_LEN and BUSY)
+
+
+def _max_attempts(t: Transcript) -> int:
+    """Attempt slots per step (SNPLAB_MAX_ATTEMPTS from the payload's DWARF)."""
+    return int(t.enums.get("snplab_limits", {}).get("SNPLAB_MAX_ATTEMPTS", 8))
+
+
+def busy_retried(t: Transcript) -> CheckResult:
+    """A Linux-policy step that got BUSY with retries left resends the message."""
+    name = "busy_retried"
+    problems = []
+    for s in t.all_steps():
+        st = _scenario_step(t, s.vcpu, s.index)
+        if st is None or st.policy != "linux" or not s.attempts:
+            continue
+        last = s.attempts[-1]
+        resends = sum(1 for a, b in zip(s.attempts, s.attempts[1:])
+                      if a.vmm_error == SNP_GUEST_VMM_ERR_BUSY)
+        if (last.vmm_error == SNP_GUEST_VMM_ERR_BUSY and not last.ghcb_error
+                and resends < st.max_busy_retries and len(s.attempts) < _max_attempts(t)):
+            problems.append(f"{last.where}: BUSY with {st.max_busy_retries - resends} retr"
+                            "ies left, and the guest gave up")
+    return _verdict(name, problems)
+
+
+def invalid_len_retry_pages(t: Transcript) -> CheckResult:
+    """A Linux-policy step told INVALID_LEN with RBX = N pages (that fit the guest's area) asks
+    again with at least N pages once its plain resend completed."""
+    name = "invalid_len_retry_pages"
+    problems = []
+    for s in t.all_steps():
+        st = _scenario_step(t, s.vcpu, s.index)
+        if st is None or st.policy != "linux":
+            continue
+        for k, a in enumerate(s.attempts):
+            if a.vmm_error != SNP_GUEST_VMM_ERR_INVALID_LEN or not a.is_ext or a.ghcb_error:
+                continue
+            rest = s.attempts[k + 1:]
+            if not rest or not rest[0].completed or len(s.attempts) >= _max_attempts(t) \
+                    or a.rbx_out > CERTS_MAX_PAGES:
+                continue  # the resend did not complete, or no room to ask again
+            if not any(b.is_ext and b.rbx_in >= a.rbx_out for b in rest[1:]):
+                problems.append(f"{a.where}: INVALID_LEN asked for {a.rbx_out} pages; the guest "
+                                "never asked again with that many")
+    return _verdict(name, problems)
+
+
+# ---------------------------------------------------------------------------------------------
 # bundles
 
 
 INVARIANTS: tuple[Callable[[Transcript], CheckResult], ...] = (
-    invalid_len_encoding, invalid_len_rbx, invalid_len_no_write, cert_exits_match_requests,
-    seqno_advance, no_iv_reuse, busy_resent_identical, host_error_no_seqno,
-    firmware_error_no_seqno)
+    invalid_len_encoding, invalid_len_rbx, invalid_len_no_write, invalid_len_justified,
+    cert_exits_match_requests, cert_exit_args, certs_within_buffer, seqno_advance, no_iv_reuse,
+    busy_resent_identical, host_error_no_seqno, host_error_no_response, firmware_error_no_seqno,
+    firmware_accepts_next_seqno, firmware_call_per_request, message_within_page, busy_retried,
+    invalid_len_retry_pages)
 
 
 def invariants(t: Transcript, *, skip: Iterable[str] = ()) -> list[CheckResult]:
@@ -973,7 +1188,7 @@ def step_verdicts(t: Transcript, v: int, i: int, trust: Any = None,
     if not out[0]:
         return out
     out += [cert_table_parses(t, v, i), cert_table_matches_blob(t, v, i),
-            cert_table_contents(t, v, i), report_data_roundtrip(t, v, i),
+            cert_table_contents(t, v, i), report_data_roundtrip(t, v, i), report_vmpl(t, v, i),
             report_verifies(t, v, i, trust, at)]
     return out
 
@@ -1045,3 +1260,14 @@ assert_report_data_roundtrip = _asserting(report_data_roundtrip)
 assert_report_verifies = _asserting(report_verifies)
 assert_report_verifies_with = _asserting(report_verifies_with)
 assert_measurement_matches = _asserting(measurement_matches)
+assert_report_vmpl = _asserting(report_vmpl)
+assert_report_refused = _asserting(expect_report_refused)
+assert_cert_exit_args = _asserting(cert_exit_args)
+assert_invalid_len_justified = _asserting(invalid_len_justified)
+assert_certs_within_buffer = _asserting(certs_within_buffer)
+assert_host_error_no_response = _asserting(host_error_no_response)
+assert_firmware_call_per_request = _asserting(firmware_call_per_request)
+assert_firmware_accepts_next_seqno = _asserting(firmware_accepts_next_seqno)
+assert_message_within_page = _asserting(message_within_page)
+assert_busy_retried = _asserting(busy_retried)
+assert_invalid_len_retry_pages = _asserting(invalid_len_retry_pages)

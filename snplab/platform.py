@@ -32,7 +32,8 @@ from snplab.transcript import RESULTS_COUNTED_ARRAYS, Transcript, jsonable, trim
 PAYLOAD_ELF = Path(__file__).resolve().parent.parent / "guest-payloads" / "build" / \
     "snplab-guest.elf"
 # DWARF enum names the transcript carries so oracles can name outcomes without a copy of them.
-TRANSCRIPT_ENUMS = ("snplab_outcome", "snplab_decrypt", "snplab_term", "snplab_canary")
+TRANSCRIPT_ENUMS = ("snplab_outcome", "snplab_decrypt", "snplab_term", "snplab_canary",
+                    "snplab_limits")
 
 _OPS = {"ext_req": "SNPLAB_OP_EXT_REQ", "req": "SNPLAB_OP_REQ",
         "terminate": "SNPLAB_OP_TERMINATE"}
@@ -106,12 +107,14 @@ def encode_scenario(params: Any, dwarf: Any, scenario: Scenario) -> None:
     ops, policies, pages = (dwarf.enum("snplab_op"), dwarf.enum("snplab_policy"),
                             dwarf.enum("snplab_pages"))
     flags = dwarf.enum("snplab_step_flags")
+    guest_faults = _guest_fault_bits(dwarf, scenario.faults)
     for v, script in enumerate(scenario.steps):
         if len(script) > max_steps:
             raise ScenarioEncodeError(f"vCPU {v}: {len(script)} steps, the payload runs at most "
                                       f"{max_steps}")
         vp = params["vcpu"][v]
         vp["nsteps"] = len(script)
+        vp["guest_faults"] = guest_faults
         for i, s in enumerate(script):
             f = 0
             if s.seqno is not None:
@@ -132,6 +135,18 @@ def encode_scenario(params: Any, dwarf: Any, scenario: Scenario) -> None:
                 "certs_gpa_offset": s.certs_gpa_offset, "certs_gpa": s.certs_gpa or 0,
                 "seqno": s.seqno or 0, "report_data": s.padded_report_data,
             })
+
+
+def _guest_fault_bits(dwarf: Any, faults: Sequence[str]) -> int:
+    """``snplab_vcpu_params.guest_faults`` for the scenario's faults of layer "guest"."""
+    names = [f for f in faults if f.startswith("guest-")]
+    if not names:
+        return 0
+    from snplab.emu.faults import GUEST_FAULT_BITS, FaultSet
+
+    FaultSet(names)  # refuse typos
+    bits = dwarf.enum("snplab_guest_fault")
+    return sum(bits[GUEST_FAULT_BITS[n]] for n in set(names))
 
 
 def _error_text(e: BaseException) -> str:
@@ -204,6 +219,10 @@ class LocalPlatform:
 
     def check_launched(self, scenario: Scenario, backend: Any) -> None:
         """Raise if the backend reports a setup step that a real VMM would abort on."""
+
+    def vmm_faults(self, scenario: Scenario) -> frozenset[str]:
+        """Faults of layer "vmm" for the certificate responder (emulated platform only)."""
+        return frozenset()
 
     def guest_io(self, backend: Any) -> Any:
         """The ioctl layer the guest's VMM uses (None: the real one)."""
@@ -281,7 +300,7 @@ class LocalPlatform:
         guest = Guest(GuestConfig(elf=elf, nvcpus=sc.nvcpus, timeout_s=sc.guest_timeout,
                                   policy=sc.policy, host_data=sc.host_data), backend,
                       io=self.guest_io(backend))
-        responder = CertResponder(blob_path, sc.cert_answers)
+        responder = CertResponder(blob_path, sc.cert_answers, faults=self.vmm_faults(sc))
         stop_updater: Callable[[], None] | None = None
         t_setup = time.perf_counter()
         try:
@@ -375,6 +394,11 @@ class EmulatedPlatform(LocalPlatform):
                                kernel=sc.kernel,
                                enable_req_certs="late" if sc.enable_req_certs_late else "early")
 
+    def vmm_faults(self, sc: Scenario) -> frozenset[str]:
+        from snplab.emu.faults import FaultSet
+
+        return FaultSet(sc.faults).of_layer("vmm")
+
     def check_launched(self, sc: Scenario, backend: Any) -> None:
         """A VMM aborts when KVM_SEV_SNP_ENABLE_REQ_CERTS fails (e.g. EINVAL after a vCPU)."""
         vm = getattr(backend, "vm", None)
@@ -430,6 +454,7 @@ class EmulatedPlatform(LocalPlatform):
                 "trust": {"roots": self._roots_pem(sc.product), "emulated": True},
                 "host": {"platform_note": "emulated: SNP parts of KVM and the PSP modelled in "
                                           "Python; not a hardware result",
+                         "psp_log": [jsonable(m) for m in getattr(backend, "psp_log", ())],
                          "backend": jsonable(describe()) if callable(describe) else None}}
 
     def start_updater(self, sc: Scenario, backend: Any, blob_path: Path,

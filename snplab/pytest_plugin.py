@@ -50,6 +50,9 @@ pytest_plugins = ["snplab.remote.pytest_remote"]
 # Environment variable equivalent of --fault (comma separated), for subprocess runs.
 FAULTS_ENV = "SNPLAB_FAULTS"
 RUN_ID_ENV = "SNPLAB_RUN_ID"
+# Set (to 1) by ``snplab mutate``: failing tests get compact records and no artifacts (the kill
+# matrix needs only outcome, property and message; a fault fails hundreds of tests).
+LEAN_REPORTS_ENV = "SNPLAB_LEAN_REPORTS"
 
 _RUNS = pytest.StashKey[list]()
 _VERDICTS = pytest.StashKey[list]()
@@ -453,7 +456,8 @@ def _write_item_report(st: SuiteState, item: pytest.Item, rec: dict[str, Any],
     outcome = rec.get("outcome", "passed")
     if failed_in_teardown and outcome == "passed":
         outcome = "error"
-    full = outcome in ("failed", "error") or st.keep_artifacts
+    full = (outcome in ("failed", "error") and os.environ.get(LEAN_REPORTS_ENV) != "1") \
+        or st.keep_artifacts
     runs = [{"scenario": sc.to_json(),
              "transcript": t.to_json() if full else reporting.compact_transcript(t.to_json())}
             for sc, t in item.stash.get(_RUNS, [])]

@@ -121,6 +121,7 @@ class Attempt:
     resent: bool
     tag: bytes
     certs_head: bytes
+    resp_written: bool = False  # not completed, yet the response page was not left zero
 
     @classmethod
     def from_results(cls, vcpu: int, step: int, index: int, d: Mapping[str, Any]) -> "Attempt":
@@ -131,7 +132,8 @@ class Attempt:
                    sw_exitinfo2=int(d["sw_exitinfo2"]), seqno=int(d["seqno"]),
                    vmpck=int(d["vmpck"]), msg_type=int(d["msg_type"]),
                    resent=bool(d.get("resent", 0)), tag=as_bytes(d.get("tag")),
-                   certs_head=as_bytes(d.get("certs_head")))
+                   certs_head=as_bytes(d.get("certs_head")),
+                   resp_written=bool(d.get("resp_written", 0)))
 
     @property
     def where(self) -> str:

@@ -20,8 +20,9 @@ def test_busy_then_success(run_scenario, abi, product, cert_blob, trust, report_
         abi, product, Step.ext(need, policy="linux", report_data=report_data),
         cert_answers=("EAGAIN",) * nbusy))
     checks.assert_run_completed(t)
+    checks.assert_invariants(t)
     for k in range(nbusy):
-        checks.assert_exit(t, 0, 0, checks.BUSY, attempt=k)
+        checks.assert_exit(t, 0, 0, checks.BUSY, attempt=k, name="busy_encoding")
     checks.assert_busy_resent_identical(t)
     checks.assert_host_error_no_seqno(t)
     assert [a.seqno for a in t.attempts(0, 0)] == [1] * (nbusy + 1), t.summary()
@@ -37,8 +38,10 @@ def test_busy_retries_exhausted(run_scenario, abi, product, cert_blob):
         abi, product, Step.ext(need, policy="linux", max_busy_retries=2), Step.ext(need),
         cert_answers=("EAGAIN",) * 3))
     checks.assert_run_completed(t)
-    atts = t.attempts(0, 0)
-    assert len(atts) == 3 and all(a.sw_exitinfo2 == checks.BUSY for a in atts), t.summary()
+    checks.assert_invariants(t)
+    for k in range(3):
+        checks.assert_exit(t, 0, 0, checks.BUSY, attempt=k, name="busy_encoding")
+    assert len(t.attempts(0, 0)) == 3, t.summary()
     checks.assert_success(t, 0, 1)
     assert t.attempts(0, 1)[0].seqno == 1, "BUSY consumed a sequence number"
     checks.assert_invariants(t)

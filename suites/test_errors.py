@@ -34,6 +34,7 @@ def test_eio_is_generic(run_scenario, abi, product, cert_blob):
                                      cert_answers=("EIO",)))
     checks.assert_run_completed(t)
     checks.assert_exit(t, 0, 0, checks.generic_error(t), name="vmm_error_encoding")
+    checks.assert_host_error_no_seqno(t)  # before the next request's verdict: it says why
     checks.assert_success(t, 0, 1)
     assert t.attempts(0, 1)[0].seqno == 1, "host_error_no_seqno violated: EIO consumed seqno 1"
     checks.assert_invariants(t)

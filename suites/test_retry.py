@@ -59,6 +59,21 @@ def test_naive_policy_is_detected(run_scenario, abi, product, cert_blob):
     assert "seqno 1" in r.detail
 
 
+def test_linux_policy_large_table(run_scenario, abi, product, cert_blob, trust, report_data):
+    """A table larger than 16 KiB (5 pages: certificates plus host padding) still reaches the
+    guest through the Linux policy's retry (no cap on the buffer the guest grows to)."""
+    blob = cert_blob + bytes(4 * 4096 + 1 - len(cert_blob)) if len(cert_blob) <= 4 * 4096 \
+        else cert_blob
+    need = pages_for(len(blob))
+    t = run_scenario(Scenario.single(abi, product, Step.ext(1, policy="linux",
+                                                            report_data=report_data),
+                                     cert_blob=blob))
+    checks.assert_run_completed(t)
+    checks.assert_invariants(t)
+    assert t.attempts(0, 0)[-1].rbx_in == need, t.summary()
+    checks.assert_step_verified(t, 0, 0, trust)
+
+
 @pytest.mark.parametrize("signer", ["vlek"])
 def test_linux_policy_vlek(run_scenario, abi, product, signer, cert_blob, trust, report_data):
     """The same retry against a host whose reports are signed with a VLEK: the final table

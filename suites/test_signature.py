@@ -75,4 +75,20 @@ def test_report_vmpl(run_scenario, abi, product, cert_blob, trust, vmpl):
                                                             vmpl=vmpl)))
     checks.assert_run_completed(t)
     checks.assert_step_verified(t, 0, 0, trust)
+    checks.assert_report_vmpl(t, 0, 0)
     assert int.from_bytes(t.report(0, 0)[VMPL_OFFSET:VMPL_OFFSET + 4], "little") == vmpl
+
+
+def test_report_vmpl_below_vmpck_refused(run_scenario, abi, product, cert_blob):
+    """A request under VMPCK1 (a VMPL-1 guest) asking for a VMPL-0 report is refused by the
+    firmware (MSG_REPORT_RSP status INVALID_PARAM, no report); the exchange itself completes
+    and the next request under VMPCK1 uses seqno 3."""
+    need = pages_for(len(cert_blob))
+    t = run_scenario(Scenario.single(abi, product, Step.ext(need, vmpck=1, vmpl=0),
+                                     Step.ext(need, vmpck=1, vmpl=1)))
+    checks.assert_run_completed(t)
+    checks.assert_report_refused(t, 0, 0, name="report_vmpl_checked")
+    checks.assert_success(t, 0, 1)
+    checks.assert_report_vmpl(t, 0, 1)
+    assert t.attempts(0, 1)[0].seqno == 3, t.summary()
+    checks.assert_invariants(t)

@@ -439,3 +439,60 @@ def test_v15_late_page_check_yields_to_the_vmm_answer():
     t = transcript(sc, [vcpu([s], seqno_next=[1, 1, 1, 1])], blob=BLOB,
                    events=[{**cert_exit(NEED, 0, 0), "kind": "VmgexitReqCerts"}])
     assert checks.expect_kernel_answer(t, 0, 0).ok is True
+
+
+# ---- oracles added for the fault catalog (each also kills its fault in `snplab mutate`) ----
+
+
+def test_cert_exit_args_names_a_truncated_npages():
+    t = linux_retry_run()
+    assert checks.cert_exit_args(t).ok is True
+    t = transcript(t.scenario, list(t.results["vcpu"]), blob=BLOB, message_log=t.message_log,
+                   events=[cert_exit(1, 28, NEED), cert_exit(NEED - 1, 0, 0)])
+    r = checks.cert_exit_args(t)
+    assert r.ok is False and "npages=1" in r.detail and f"RBX={NEED}" in r.detail
+
+
+def test_invalid_len_justified_names_an_enospc_for_enough_pages():
+    sc = scenario(Step.ext(NEED))
+    s = step([attempt(1, INVALID_LEN, rbx_in=NEED, rbx_out=NEED)], outcome=2, decrypt=0)
+    t = transcript(sc, [vcpu([s])], events=[cert_exit(NEED, 28, NEED)], blob=BLOB)
+    assert "invalid_len_justified" in names_failing(checks.invariants(t))
+    scripted = transcript(scenario(Step.ext(NEED), cert_answers=("ENOSPC",)), [vcpu([s])],
+                          events=[cert_exit(NEED, 28, NEED)], blob=BLOB)
+    assert checks.invalid_len_justified(scripted).ok is True
+
+
+def test_host_error_no_response_names_a_written_response_page():
+    sc = scenario(Step.ext(1))
+    a = attempt(1, INVALID_LEN, rbx_in=1, rbx_out=NEED)
+    t = transcript(sc, [vcpu([step([a], outcome=2, decrypt=0)])],
+                   events=[cert_exit(1, 28, NEED)], blob=BLOB)
+    assert checks.host_error_no_response(t).ok is True
+    a["resp_written"] = 1
+    t = transcript(sc, [vcpu([step([a], outcome=2, decrypt=0)])],
+                   events=[cert_exit(1, 28, NEED)], blob=BLOB)
+    assert "host_error_no_response" in names_failing(checks.invariants(t))
+
+
+def test_busy_retried_names_a_guest_that_gives_up():
+    sc = scenario(Step.ext(NEED, policy="linux", max_busy_retries=2))
+    s = step([attempt(1, BUSY, rbx_in=NEED)], outcome=3, decrypt=0)
+    t = transcript(sc, [vcpu([s])], events=[cert_exit(NEED, 11, 0)], blob=BLOB)
+    assert "busy_retried" in names_failing(checks.invariants(t))
+    none_policy = transcript(scenario(Step.ext(NEED, max_busy_retries=2)), [vcpu([s])],
+                             events=[cert_exit(NEED, 11, 0)], blob=BLOB)
+    assert checks.busy_retried(none_policy).ok is True
+
+
+def test_message_within_page_and_firmware_call_count():
+    t = linux_retry_run()
+    assert checks.message_within_page(t).ok is True
+    assert checks.firmware_call_per_request(t).ok is True  # no firmware log: not the emulator
+    logs = [dict(m, msg_sz=4000 + 1, hdr_sz=0x60) for m in t.message_log]
+    big = transcript(t.scenario, list(t.results["vcpu"]), blob=BLOB, message_log=logs,
+                     events=list(t.events))
+    assert checks.message_within_page(big).ok is False
+    twice = Transcript(**{**big.__dict__, "message_log": t.message_log,
+                          "host": {"psp_log": [{}] * 3}})
+    assert checks.firmware_call_per_request(twice).ok is False

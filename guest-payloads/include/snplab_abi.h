@@ -71,6 +71,18 @@ enum snplab_policy {
 	SNPLAB_POLICY_NAIVE = 2,	/* INVALID_LEN: re-encrypt a fresh request under the SAME seqno (IV reuse) */
 };
 
+/* snplab_vcpu_params.guest_faults: injected guest bugs (snplab.emu.faults,
+ * layer "guest"), each a perturbation of one decision of the step
+ * interpreter.  0 = the policies as documented above. */
+enum snplab_guest_fault {
+	SNPLAB_GFAULT_IV_REUSE = 1 << 0,	/* linux policy: after INVALID_LEN act as naive */
+	SNPLAB_GFAULT_NO_BUSY_RETRY = 1 << 1,	/* linux policy: BUSY is final */
+	SNPLAB_GFAULT_RESEAL_ON_BUSY = 1 << 2,	/* linux policy: BUSY -> a fresh message under the same seqno */
+	SNPLAB_GFAULT_CERTS_16K_CAP = 1 << 3,	/* linux policy: never grow the buffer past 16 KiB */
+	SNPLAB_GFAULT_SEQNO_ON_HOST_ERROR = 1 << 4,	/* INVALID_LEN/BUSY counted as consumed */
+	SNPLAB_GFAULT_MSG_OVER_PAGE = 1 << 5,	/* header msg_sz claims past the request page */
+};
+
 enum snplab_pages {
 	SNPLAB_PAGES_NORMAL = 0,	/* own shared request and response pages */
 	SNPLAB_PAGES_SAME = 1,		/* response GPA == request GPA */
@@ -173,7 +185,7 @@ struct snplab_vcpu_params {
 	uint64_t certs_max_pages;	/* size of the area the guest may use */
 	uint64_t private_gpa;		/* one private (validated) scratch page */
 	uint32_t nsteps;
-	uint32_t pad;
+	uint32_t guest_faults;		/* enum snplab_guest_fault (0 on a correct run) */
 	struct snplab_step steps[SNPLAB_MAX_STEPS];
 };
 
@@ -205,7 +217,8 @@ struct snplab_attempt {
 	uint8_t vmpck;
 	uint8_t msg_type;
 	uint8_t resent;			/* 1 = byte-identical resend of the previous attempt */
-	uint8_t pad[5];
+	uint8_t resp_written;		/* not completed, yet the response page (zeroed before the exit) is not all zeros */
+	uint8_t pad[4];
 	uint8_t tag[16];		/* AES-GCM tag of the request (IV-reuse oracle) */
 	uint8_t certs_head[32];		/* first 32 bytes of the cert buffer after the exit (0 if not readable; the guest fills them with SNPLAB_CERTS_CANARY before the exit) */
 };

@@ -26,6 +26,8 @@
 
 #define REPORT_SIZE 0x4a0
 #define CERTS_HEAD_LEN 32
+/* Linux drivers/virt/coco/sev-guest: SEV_FW_BLOB_MAX_SIZE (16 KiB) */
+#define SEV_FW_BLOB_MAX_PAGES 4
 
 static uint64_t g_seqno_last[SNPLAB_NR_VMPCK];
 static uint32_t g_vmpck_lock[SNPLAB_NR_VMPCK];
@@ -88,6 +90,29 @@ static uint32_t classify(const struct gr_exit *x)
 	if (vmm)
 		return SNPLAB_OUT_VMM_ERROR;
 	return SNPLAB_OUT_FW_ERROR;
+}
+
+/* An injected guest bug (enum snplab_guest_fault) is active for this vCPU. */
+static int gfault(const struct vcpu_ctx *vc, uint32_t bit)
+{
+	return (vc->vp->guest_faults & bit) != 0;
+}
+
+static int host_error(uint32_t cls)
+{
+	return cls == SNPLAB_OUT_INVALID_LEN || cls == SNPLAB_OUT_BUSY;
+}
+
+static int page_is_zero(const uint8_t *p)
+{
+	uint64_t i, x;
+
+	for (i = 0; i < PAGE_SIZE; i += 8) {
+		__builtin_memcpy(&x, p + i, 8);
+		if (x)
+			return 0;
+	}
+	return 1;
 }
 
 static const struct gcm_key *vmpck_key(struct vcpu_ctx *vc, unsigned int n)
@@ -161,6 +186,12 @@ static void seal_request(struct vcpu_ctx *vc, const struct snplab_step *st,
 	msg_seal(vc->req_msg, vmpck_key(vc, st->vmpck), run->seqno, st->msg_type,
 		 st->msg_version, st->vmpck, len);
 	run->msg_len = (uint16_t)(MSG_HDR_SIZE + len);
+	if (gfault(vc, SNPLAB_GFAULT_MSG_OVER_PAGE)) {	/* size arithmetic off by the header's page */
+		uint16_t claimed = (uint16_t)(len + PAGE_SIZE - MSG_HDR_SIZE);
+
+		vc->req_msg[MSG_OFF_MSG_SZ] = (uint8_t)claimed;
+		vc->req_msg[MSG_OFF_MSG_SZ + 1] = (uint8_t)(claimed >> 8);
+	}
 }
 
 static uint32_t certs_head_len(const struct vcpu_ctx *vc, const struct step_plan *pl)
@@ -330,6 +361,10 @@ static uint32_t do_attempt(struct vcpu_ctx *vc, const struct snplab_step *st,
 	run->rbx_out = x.rbx;
 
 	cls = classify(&x);
+	a->resp_written = cls != SNPLAB_OUT_OK && pl->resp_gpa != pl->req_gpa &&
+			  !page_is_zero(gpa_ptr(pl->resp_gpa));
+	if (host_error(cls) && gfault(vc, SNPLAB_GFAULT_SEQNO_ON_HOST_ERROR))
+		g_seqno_last[st->vmpck] = run->seqno + 1;	/* wrongly counted as consumed */
 	if (cls == SNPLAB_OUT_OK) {
 		g_seqno_last[st->vmpck] = run->seqno + 1;	/* the PSP consumed it */
 		cls = take_response(vc, st, pl, run->seqno, sr);
@@ -366,7 +401,8 @@ static void run_request_locked(struct vcpu_ctx *vc, const struct snplab_step *st
 			/* linux: the identical resend consumed the seqno; now a
 			 * fresh extended request with the pages the host asked for */
 			growing = 0;
-			if (!certs_fit(vc, pl, grow_to)) {
+			if (!certs_fit(vc, pl, grow_to) ||
+			    (gfault(vc, SNPLAB_GFAULT_CERTS_16K_CAP) && grow_to > SEV_FW_BLOB_MAX_PAGES)) {
 				outcome = SNPLAB_OUT_INVALID_LEN;
 				break;
 			}
@@ -379,21 +415,31 @@ static void run_request_locked(struct vcpu_ctx *vc, const struct snplab_step *st
 			fresh_pending = 1;
 			continue;
 		}
-		if (cls == SNPLAB_OUT_BUSY && st->policy == SNPLAB_POLICY_LINUX && busy_left) {
+		if (cls == SNPLAB_OUT_BUSY && st->policy == SNPLAB_POLICY_LINUX && busy_left &&
+		    !gfault(vc, SNPLAB_GFAULT_NO_BUSY_RETRY)) {
 			busy_left--;
 			run.resent = 1;		/* the identical bytes again */
+			if (gfault(vc, SNPLAB_GFAULT_RESEAL_ON_BUSY)) {
+				report_data[63]++;
+				run.resent = 0;
+				seal_request(vc, st, report_data, &run);
+			}
 			continue;
 		}
 		if (cls == SNPLAB_OUT_INVALID_LEN &&
 		    run.exit_code == SVM_VMGEXIT_EXT_GUEST_REQUEST) {
-			if (st->policy == SNPLAB_POLICY_LINUX) {
+			int naive = st->policy == SNPLAB_POLICY_NAIVE ||
+				    (st->policy == SNPLAB_POLICY_LINUX &&
+				     gfault(vc, SNPLAB_GFAULT_IV_REUSE));
+
+			if (st->policy == SNPLAB_POLICY_LINUX && !naive) {
 				grow_to = run.rbx_out;
 				growing = 1;
 				run.exit_code = SVM_VMGEXIT_GUEST_REQUEST;
 				run.resent = 1;
 				continue;
 			}
-			if (st->policy == SNPLAB_POLICY_NAIVE) {
+			if (naive) {
 				/* the IV-reuse bug: a new plaintext under the same seqno */
 				if (!certs_fit(vc, pl, run.rbx_out))
 					break;

@@ -208,6 +208,8 @@ class GuestMessageRecord:
     msg_type: int | None = None
     ct_sha256: str | None = None
     tag: str | None = None
+    hdr_sz: int | None = None
+    msg_sz: int | None = None
     reached_firmware: bool = False
     fw_status: int | None = None
     sw_exit_info_1: int | None = None
@@ -645,6 +647,7 @@ class EmulatedKvm:
         hdr = gm.MsgHeader.unpack(page)
         ct = page[gm.PAYLOAD_OFFSET:gm.PAYLOAD_OFFSET + min(hdr.msg_sz, gm.MAX_PAYLOAD_SIZE)]
         rec.vmpck, rec.seqno, rec.msg_type = hdr.msg_vmpck, hdr.msg_seqno, hdr.msg_type
+        rec.hdr_sz, rec.msg_sz = hdr.hdr_sz, hdr.msg_sz
         rec.ct_sha256, rec.tag = hashlib.sha256(ct).hexdigest(), hdr.tag.hex()
         return rec
 
@@ -662,6 +665,8 @@ class EmulatedKvm:
             except GpaOutOfRange:
                 raise KvmRunError(errno.EIO, f"guest request page {req_gpa:#x} unreadable") from None
             status = self.psp.guest_request(req, self._resp_bounce)
+            if "firmware-called-twice" in self.faults:
+                self.psp.guest_request(req, bytearray(PAGE_SIZE))  # the replay; its status is lost
             rec.reached_firmware, rec.fw_status = True, status
             try:
                 self.host.write(resp_gpa, self._resp_bounce)
@@ -691,12 +696,14 @@ class EmulatedKvm:
             if not _regs_valid(ghcb, bitmap):
                 self._play_at(kb.REQUEST, "regs-not-valid", ghcb)
             data_gpa, data_npages = st.regs["rax"], st.regs["rbx"]
-            if data_gpa % PAGE_SIZE and self._play_at(kb.REQUEST, "certs-gpa-unaligned", ghcb):
+            if data_gpa % PAGE_SIZE and "misaligned-certs-gpa-accepted" not in self.faults \
+                    and self._play_at(kb.REQUEST, "certs-gpa-unaligned", ghcb):
                 return
             if certs_exit:
                 return self._certs_exit(vcpu, st, ghcb, req_gpa, resp_gpa, data_gpa, data_npages, rec)
             zeroes = self._rule("report-request-no-certs-exit").zeroes
-            if data_npages and zeroes and "stub-no-terminator" not in self.faults:
+            if (data_npages or "stub-writes-when-rbx-zero" in self.faults) and zeroes \
+                    and "stub-no-terminator" not in self.faults:
                 try:
                     self.host.write(data_gpa, bytes(zeroes))  # kvm_clear_guest(data_gpa, 24)
                 except GpaOutOfRange:
@@ -733,37 +740,73 @@ class EmulatedKvm:
         (7.0+) or KVM_EXIT_VMGEXIT + snp_complete_ext_guest_req (v15); ret 0 → the firmware
         call, any other ret → the generation's vmm-* row."""
         v15 = self.abi == "vmgexit-v15"
-        event: Any = (VmgexitReqCerts(KVM_USER_VMGEXIT_REQ_CERTS, data_gpa, data_npages, 0) if v15
-                      else ReqCerts(data_gpa, data_npages))
+        exit_npages = data_npages & 0xFFFF_FFFF if "npages-truncated-32" in self.faults else data_npages
+        event: Any = (VmgexitReqCerts(KVM_USER_VMGEXIT_REQ_CERTS, data_gpa, exit_npages, 0) if v15
+                      else ReqCerts(data_gpa, exit_npages))
         answer = self._vmm_cert_exit(vcpu, event, data_gpa, data_npages)
         try:
             ret = answer.ret & 0xFFFF_FFFF if v15 else answer.ret  # v15: u32 ret
             if ret == 0:
                 self._guest_request(ghcb, req_gpa, resp_gpa, rec)
                 return
-            shape = kb.certs_answer_shape(self.generation, ret)
-            if shape == "vmm-bad-ret" and "invalid-ret-as-generic" in self.faults:
-                shape = "vmm-eio"
+            shape = self._answer_shape(kb.certs_answer_shape(self.generation, ret))
             r = self._rule(shape)
             if r.outcome == kb.KVM_RUN_ERROR:
                 raise KvmRunError(_errno(r.errno_name), f"certificate exit ret {ret} is not 0, ENOSPC, "
                                                         f"EAGAIN or EIO ({r.source})")
             vmm = r.vmm_error if r.vmm_error is not None else ret  # None: ret verbatim (v15)
+            if "response-written-on-host-error" in self.faults:
+                self._copy_response(resp_gpa)
+            info1 = 1 if "invalid-len-in-exitinfo1" in self.faults and shape == "vmm-enospc" else 0
             if shape == "vmm-enospc":
+                if "firmware-called-on-enospc" in self.faults:
+                    self._guest_request(ghcb, req_gpa, resp_gpa, rec)
                 if "rbx-unchanged-on-invalid-len" not in self.faults:
-                    st.regs["rbx"] = answer.npages & U64
+                    st.regs["rbx"] = self._rbx_pages(answer.npages) & U64
                 if "certs-written-on-enospc" in self.faults:
                     self._write_certs_anyway(data_gpa, data_npages)
                 if "invalid-len-in-low-bits" in self.faults:
                     ghcb.set_exit_info(0, 1)
                     return
-            elif shape == "vmm-eagain" and "firmware-called-before-busy" in self.faults:
-                self._guest_request(ghcb, req_gpa, resp_gpa, rec)
-            elif shape == "vmm-eio" and "generic-as-bit31" in self.faults:
-                vmm = G.SNP_GUEST_VMM_ERR_GENERIC_V15
-            ghcb.set_exit_info(0, G.snp_guest_err(vmm, 0))
+            elif shape == "vmm-eagain":
+                if "firmware-called-before-busy" in self.faults:
+                    self._guest_request(ghcb, req_gpa, resp_gpa, rec)
+                if "busy-in-low-bits" in self.faults:
+                    ghcb.set_exit_info(0, vmm)
+                    return
+            elif shape == "vmm-eio":
+                if "firmware-called-on-eio" in self.faults:
+                    self._guest_request(ghcb, req_gpa, resp_gpa, rec)
+                if "generic-as-bit31" in self.faults:
+                    vmm = G.SNP_GUEST_VMM_ERR_GENERIC_V15
+            ghcb.set_exit_info(info1, G.snp_guest_err(vmm, 0))
         finally:
             vcpu.request_complete()
+
+    def _answer_shape(self, shape: str) -> str:
+        """The registry row a certificate-exit answer is mapped to (faults remap ret values)."""
+        remap = {"invalid-ret-as-generic": ("vmm-bad-ret", "vmm-eio"),
+                 "eagain-as-generic": ("vmm-eagain", "vmm-eio"),
+                 "eio-as-busy": ("vmm-eio", "vmm-eagain")}
+        for fault, (was, now) in remap.items():
+            if shape == was and fault in self.faults:
+                return now
+        return shape
+
+    def _rbx_pages(self, npages: int) -> int:
+        """RBX after INVALID_LEN: the VMM's npages (faults: off by one, in bytes)."""
+        if "rbx-off-by-one" in self.faults:
+            return npages + 1
+        if "rbx-in-bytes" in self.faults:
+            return npages * PAGE_SIZE
+        return npages
+
+    def _copy_response(self, resp_gpa: int) -> None:
+        """Fault response-written-on-host-error: the (stale) bounce page goes to the guest."""
+        try:
+            self.host.write(resp_gpa, self._resp_bounce)
+        except GpaOutOfRange:
+            pass
 
 
 def _regs_valid(ghcb: _Ghcb, bitmap: int) -> bool:

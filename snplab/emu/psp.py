@@ -154,6 +154,7 @@ class EmulatedPsp:
         self.info = product_info(product)
         self.product = self.info.name.lower()
         self.tcb = tcb
+        self._launch_tcb = tcb  # the TCB this guest was launched under (install_keys changes self.tcb)
         self.vcek = vcek
         self.vlek = vlek
         self.chip_id = normalize_chip_id(self.product, chip_id)
@@ -182,6 +183,7 @@ class EmulatedPsp:
         self._aead = [AESGCM(k) for k in self.vmpcks]
         self.message_log: list[PspLogEntry] = []
         self.reports_signed = 0
+        self._prev_report_data = bytes(64)  # REPORT_DATA of the previous report request
         self.last_report: AttestationReport | None = None
         self.cpuid_corrected: bytes | None = None  # the last CPUID page the firmware corrected
 
@@ -325,7 +327,7 @@ class EmulatedPsp:
             return SevStatus.INVALID_PARAM
         vmpck = hdr.msg_vmpck
         expected = self._seqno[vmpck]
-        if hdr.msg_seqno != expected and "seqno-not-checked" not in self.faults:
+        if hdr.msg_seqno != expected and not self._seqno_fault_accepts(hdr.msg_seqno, expected):
             return self._reject(vmpck)
         if hdr.msg_seqno == 0 or hdr.msg_seqno + 1 >= 1 << 64:
             return SevStatus.AEAD_OFLOW if hdr.msg_seqno else self._reject(vmpck)
@@ -342,13 +344,21 @@ class EmulatedPsp:
         if payload is None:  # message too short for its type/version
             return self._reject(vmpck)
         rsp_seqno = hdr.msg_seqno if "response-seqno-unchanged" in self.faults else hdr.msg_seqno + 1
-        rhdr = gm.MsgHeader(msg_seqno=rsp_seqno, msg_type=hdr.msg_type + 1, msg_sz=len(payload),
+        rsp_type = hdr.msg_type if "response-type-unchanged" in self.faults else hdr.msg_type + 1
+        rhdr = gm.MsgHeader(msg_seqno=rsp_seqno, msg_type=rsp_type, msg_sz=len(payload),
                             msg_vmpck=vmpck, msg_version=hdr.msg_version)
-        sealed = self._aead[vmpck].encrypt(gm.aead_iv(rhdr.msg_seqno), payload, rhdr.aad())
+        iv_seqno = hdr.msg_seqno if "response-reuses-request-iv" in self.faults else rhdr.msg_seqno
+        sealed = self._aead[vmpck].encrypt(gm.aead_iv(iv_seqno), payload, rhdr.aad())
         out = rhdr.with_tag(sealed[-gm.AUTHTAG_LEN:]).pack() + sealed[:-gm.AUTHTAG_LEN]
         response[:PAGE_SIZE] = out.ljust(PAGE_SIZE, b"\0")
-        self._seqno[vmpck] = hdr.msg_seqno + 2
+        self._seqno[vmpck] = hdr.msg_seqno + (1 if "counter-advances-by-one" in self.faults else 2)
         return SevStatus.SUCCESS
+
+    def _seqno_fault_accepts(self, seqno: int, expected: int) -> bool:
+        """Faults that let a wrong sequence number through the counter check."""
+        return ("seqno-not-checked" in self.faults
+                or ("replayed-seqno-accepted" in self.faults and seqno < expected)
+                or ("skipped-seqno-accepted" in self.faults and seqno > expected))
 
     def _reject(self, vmpck: int) -> int:
         if "counter-advances-on-error" in self.faults:
@@ -373,25 +383,35 @@ class EmulatedPsp:
             return None
         req = gm.ReportReq.unpack(plaintext)
         status, key, signing_key = self._signing_key(req.key_sel)
-        if not status and (req.vmpl > 3 or req.vmpl < hdr.msg_vmpck or req.key_sel & ~3 or any(req.reserved)):
+        below = req.vmpl < hdr.msg_vmpck and "vmpl-check-missing" not in self.faults
+        if not status and (req.vmpl > 3 or below or req.key_sel & ~3 or any(req.reserved)):
             status = gm.REPORT_RSP_STATUS_INVALID_PARAM
         if status or key is None:
             return gm.ReportRsp(status=status, report_size=0, report=bytes(REPORT_SIZE)).pack()
-        report = self.sign_report(self.build_report(req.report_data, req.vmpl, signing_key), key)
+        report_data, self._prev_report_data = (
+            self._prev_report_data if "report-data-stale" in self.faults else req.report_data,
+            req.report_data)
+        vmpl = hdr.msg_vmpck if "report-vmpl-from-vmpck" in self.faults else req.vmpl
+        if "signing-key-field-vcek" in self.faults:
+            signing_key = SIGNING_KEY_VCEK
+        report = self.sign_report(self.build_report(report_data, vmpl, signing_key), key)
         return gm.ReportRsp(status=0, report_size=REPORT_SIZE, report=report.pack()).pack()
 
     def build_report(self, report_data: bytes, vmpl: int, signing_key: int = SIGNING_KEY_VCEK) -> AttestationReport:
         v = self.report_version
         tcb = self.tcb.pack()
+        reported = self._launch_tcb.pack() if "reported-tcb-stale" in self.faults else tcb
+        chip_id = (bytes([self.chip_id[0] ^ 0xFF]) + self.chip_id[1:]
+                   if "chip-id-of-another-chip" in self.faults else self.chip_id)
         major, minor, build = self.firmware_version
         return AttestationReport(
             version=v, policy=self.policy or 0, vmpl=vmpl, current_tcb=tcb,
             platform_info=self.platform_info, signer_info=signing_key << SIGNER_INFO_SIGNING_KEY_SHIFT,
             report_data=bytes(report_data).ljust(64, b"\0")[:64], measurement=self._ld.value,
             host_data=self.host_data, report_id=self.report_id, report_id_ma=b"\xff" * 32,
-            reported_tcb=tcb, committed_tcb=tcb, launch_tcb=tcb,
+            reported_tcb=reported, committed_tcb=tcb, launch_tcb=tcb,
             cpuid_fam_id=self.info.family if v >= 3 else 0, cpuid_mod_id=self.info.model if v >= 3 else 0,
-            cpuid_step=self.info.stepping if v >= 3 else 0, chip_id=self.chip_id,
+            cpuid_step=self.info.stepping if v >= 3 else 0, chip_id=chip_id,
             current_major=major, current_minor=minor, current_build=build,
             committed_major=major, committed_minor=minor, committed_build=build,
             launch_mit_vector=self.profile.launch_mit_vector if v >= 5 else 0,

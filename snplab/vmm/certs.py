@@ -9,6 +9,9 @@ Lock convention (amd-memory-encryption.rst §21): from the exit until the reques
 the responder holds a shared `F_OFD_SETLK` read lock on the blob file, so a TCB/VLEK updater
 holding the exclusive lock cannot swap the certificates under a guest request. If the lock is
 held exclusively by someone else the answer is EAGAIN (the guest sees BUSY and retries).
+
+``faults`` names injected VMM bugs (``snplab.emu.faults``, layer "vmm"; emulated runs only), each
+checked at the decision it perturbs.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import hashlib
 import os
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,8 +112,11 @@ class CertExitRecord:
 class CertResponder:
     """Answers certificate exits for one or more guests from `blob_path` and `answers`."""
 
-    def __init__(self, blob_path: str | os.PathLike[str], answers: Sequence[str] = ()) -> None:
+    def __init__(self, blob_path: str | os.PathLike[str], answers: Sequence[str] = (),
+                 faults: Collection[str] = frozenset()) -> None:
         self.blob_path = Path(blob_path)
+        self.faults = frozenset(faults)
+        self._first_blob: bytes | None = None  # fault vmm-stale-blob: the copy served forever
         self.answers = tuple(answers)
         self._script = [parse_answer(a) for a in self.answers]
         self._next = 0
@@ -209,19 +215,52 @@ class CertResponder:
         except OSError as e:
             os.close(fd)
             return done(V15_GENERIC if v15 else errno.EIO, reason=f"cannot read blob: {e}")
-        need = (len(blob) + PAGE_SIZE - 1) // PAGE_SIZE
+        if "vmm-stale-blob" in self.faults:
+            blob = self._first_blob = self._first_blob if self._first_blob is not None else blob
+        need = self._pages_needed(blob)
         if word == "ENOSPC":
             return done(enospc, need, reason="scripted", fd=fd)
-        if len(blob) > npages * PAGE_SIZE:
+        if self._too_small(blob, need, npages):
+            written = None
+            if "vmm-partial-table-on-enospc" in self.faults:
+                written = _table_head(blob)[:npages * PAGE_SIZE]
+                self._write(memory, gpa, written)
             return done(enospc, need, reason=f"blob needs {need} pages, guest gave {npages}",
-                        fd=fd)
+                        written=written, wgpa=gpa if written else None, fd=fd)
+        data, at = blob, gpa
+        if "vmm-certs-page-short" in self.faults:
+            data = blob[:(need - 1) * PAGE_SIZE] if need > 1 else blob[:len(blob) // 2]
+        if "vmm-certs-at-offset" in self.faults:
+            at = gpa + 32
         try:
-            view = memory.view(gpa, len(blob))
+            self._write(memory, at, data)
         except GpaOutOfRange as e:
             return done(V15_GENERIC if v15 else errno.EIO, reason=str(e), fd=fd)
-        view[:] = blob
+        return done(0, 0, reason="blob written", written=data, wgpa=at, fd=fd)
+
+    def _pages_needed(self, blob: bytes) -> int:
+        """Pages the blob needs (what ENOSPC puts in npages): rounded up."""
+        if "vmm-npages-in-bytes" in self.faults:
+            return len(blob)
+        if "vmm-npages-floor" in self.faults:
+            return len(blob) // PAGE_SIZE
+        return (len(blob) + PAGE_SIZE - 1) // PAGE_SIZE
+
+    def _too_small(self, blob: bytes, need: int, npages: int) -> bool:
+        """The guest's ``npages`` pages cannot hold the blob (→ ENOSPC)."""
+        if "vmm-ignores-npages" in self.faults:
+            return False
+        if "vmm-enospc-when-exact" in self.faults:
+            return need >= npages
+        return len(blob) > npages * PAGE_SIZE
+
+    @staticmethod
+    def _write(memory: GuestMemory, gpa: int, data: bytes) -> None:
+        if not data:
+            return
+        view = memory.view(gpa, len(data))
+        view[:] = data
         view.release()
-        return done(0, 0, reason="blob written", written=blob, wgpa=gpa, fd=fd)
 
     def _open_locked(self, tries: int = 3) -> int | None:
         """An fd of the blob holding a shared OFD lock, or None if it is locked exclusively.
@@ -246,6 +285,14 @@ class CertResponder:
 
     def to_json(self) -> list[dict[str, Any]]:
         return [r.to_json() for r in self.records]
+
+
+def _table_head(blob: bytes) -> bytes:
+    """The table's entries up to and including the all-zero terminator (no certificates)."""
+    for off in range(0, len(blob) - 23, 24):
+        if not any(blob[off:off + 24]):
+            return blob[:off + 24]
+    return blob
 
 
 def _read_all(fd: int) -> bytes:
