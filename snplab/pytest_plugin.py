@@ -40,7 +40,10 @@ from typing import Any, Sequence
 
 import pytest
 
-from snplab import checks, reporting
+from snplab import checks
+from snplab.report import run_dir, run_record
+from snplab.report.host_facts import host_facts
+from snplab.report.summary import FamilyTally, write_summary
 from snplab.scenario import ABIS, PRODUCTS, Scenario
 
 # --platform ssh (lab hosts over SSH) lives in its own plugin.
@@ -118,10 +121,10 @@ class SuiteState:
         self.faults: tuple[str, ...] = tuple(config.getoption("--fault")) + tuple(
             f.strip() for f in env_faults)
         self.run_id: str = _run_id(config)
-        self.paths: reporting.RunPaths | None = _report_paths(config, self.run_id)
+        self.paths: run_dir.RunPaths | None = _report_paths(config, self.run_id)
         self.platform: Any = None
         self.platform_error: str | None = None
-        self.tally = reporting.FamilyTally()
+        self.tally = FamilyTally()
         self.started = time.monotonic()
 
     @property
@@ -158,7 +161,7 @@ def _run_id(config: pytest.Config) -> str:
     wi = getattr(config, "workerinput", None)
     if wi and wi.get("snplab_run_id"):
         return str(wi["snplab_run_id"])
-    return os.environ.get(RUN_ID_ENV) or reporting.new_run_id()
+    return os.environ.get(RUN_ID_ENV) or run_dir.new_run_id()
 
 
 def _runs_suites(config: pytest.Config) -> bool:
@@ -172,7 +175,7 @@ def _runs_suites(config: pytest.Config) -> bool:
     return False
 
 
-def _report_paths(config: pytest.Config, run_id: str) -> reporting.RunPaths | None:
+def _report_paths(config: pytest.Config, run_id: str) -> run_dir.RunPaths | None:
     base = config.getoption("--reports")
     if config.option.collectonly:
         return None
@@ -180,7 +183,7 @@ def _report_paths(config: pytest.Config, run_id: str) -> reporting.RunPaths | No
         if not _runs_suites(config):
             return None
         base = Path(str(config.rootpath)) / "reports"
-    return reporting.RunPaths(Path(base) / run_id)
+    return run_dir.RunPaths(Path(base) / run_id)
 
 
 _STATE = pytest.StashKey[SuiteState]()
@@ -283,7 +286,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("hw_only") and plat == "emulated":
         pytest.skip("needs a real SNP host (--platform snp)")
     if item.get_closest_marker("kvm") or (st.platform_name == "emulated"
-                                         and reporting.family_of(item.nodeid) is not None):
+                                         and run_dir.family_of(item.nodeid) is not None):
         why = _kvm_problem()
         if why:
             pytest.skip(why)
@@ -413,7 +416,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
         rec["verdicts"] = [r.to_json() for r in checks.RECORDED]
         rep.user_properties.append(("snplab_failed_property", prop or ""))
     if call.when == "teardown" and st.paths is not None \
-            and reporting.family_of(item.nodeid) is not None:
+            and run_dir.family_of(item.nodeid) is not None:
         _write_item_report(st, item, rec, failed_in_teardown=rep.failed)
 
 
@@ -425,24 +428,24 @@ def _write_item_report(st: SuiteState, item: pytest.Item, rec: dict[str, Any],
         outcome = "error"
     full = outcome in ("failed", "error") or st.keep_artifacts
     runs = [{"scenario": sc.to_json(),
-             "transcript": t.to_json() if full else reporting.compact_transcript(t.to_json())}
+             "transcript": t.to_json() if full else run_record.compact_transcript(t.to_json())}
             for sc, t in item.stash.get(_RUNS, [])]
     cs = getattr(item, "callspec", None)
     params = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
               for k, v in (cs.params.items() if cs else ())}
     record = {
-        "nodeid": item.nodeid, "family": reporting.family_of(item.nodeid),
+        "nodeid": item.nodeid, "family": run_dir.family_of(item.nodeid),
         "doc": (getattr(item, "obj", None).__doc__ or "").strip() if getattr(item, "obj", None)
         else "",
         "outcome": outcome, "when": rec.get("when"), "duration_s": rec.get("duration_s"),
         "message": rec.get("message"), "failed_property": rec.get("failed_property"),
         "params": params, "platform": st.platform_name, "faults": list(st.faults),
-        "verdicts": rec.get("verdicts", []), "runs": runs, "host": reporting.host_facts(),
+        "verdicts": rec.get("verdicts", []), "runs": runs, "host": host_facts(),
         "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "run_id": st.run_id,
     }
-    reporting.write_test_report(st.paths, record)
+    run_record.write_test_report(st.paths, record)
     if runs and full:
-        reporting.dump_artifacts(st.paths, item.nodeid, runs)
+        run_record.dump_artifacts(st.paths, item.nodeid, runs)
 
 
 class _Tally:
@@ -465,10 +468,10 @@ class _Tally:
         for line in st.tally.lines(st.platform_name):
             terminalreporter.write_line(line)
         if st.paths is not None:
-            reporting.write_summary(st.paths, st.run_id, st.platform_name, st.tally,
+            write_summary(st.paths, st.run_id, st.platform_name, st.tally,
                                     {"wall_s": round(time.monotonic() - st.started, 3),
                                      "exitstatus": int(exitstatus), "faults": list(st.faults)})
-            from snplab.html_report import write_html_summary
+            from snplab.report.summary_html import write_html_summary
 
             write_html_summary(st.paths.root)
             terminalreporter.write_line(f"snplab reports: {st.paths.root}")

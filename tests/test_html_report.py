@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from snplab import html_report
-from snplab.reporting import RunPaths, write_test_report
+from snplab.report import summary_html as html_report
+from snplab.report.run_dir import RunPaths
+from snplab.report.run_record import write_test_report
 
 
 def _run(tmp_path: Path) -> Path:

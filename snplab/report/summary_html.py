@@ -1,7 +1,7 @@
 """``reports/<run-id>/summary.html``: one self-contained page per run.
 
-Built from ``summary.json`` and the per-test JSON records (``snplab.reporting``), so it can be
-regenerated for any run directory (``python -m snplab.html_report reports/<run-id>``).  It shows
+Built from ``summary.json`` and the per-test JSON records (``snplab.report.run_record``), so it can be
+regenerated for any run directory (``python -m snplab.report.summary_html reports/<run-id>``).  It shows
 the run's host facts, a row per behaviour family with a bar of passed/failed/skipped cases, and
 every case that did not pass with the property it violated and a link to its JSON record.
 """
@@ -15,7 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from snplab.reporting import load_test_reports, safe_name
+from snplab.report.run_dir import safe_name
+from snplab.report.run_record import load_test_reports
 
 _COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "error": "#6a1b9a", "skipped": "#9e9e9e"}
 
@@ -101,7 +102,7 @@ def write_html_summary(run_dir: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not Path(args[0], "tests").is_dir():
-        print("usage: python -m snplab.html_report reports/<run-id>", file=sys.stderr)
+        print("usage: python -m snplab.report.summary_html reports/<run-id>", file=sys.stderr)
         return 2
     print(write_html_summary(args[0]))
     return 0

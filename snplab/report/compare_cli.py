@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from snplab.reporting import compare_runs, load_test_reports
+from snplab.report.compare import compare_runs
+from snplab.report.run_record import load_test_reports
 
 _BAD = frozenset({"failed", "error"})
 
