@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from snplab.report.case_transcript import exit_timeline, exitinfo2_text, transcript_html
+from snplab.checks import cert_exit_of
+from snplab.report.case_transcript import exit_timeline, exitinfo2_text, load, transcript_html
 from snplab.report.html_page import COLOURS, SYMBOLS, page, run_header
 from snplab.report.run_dir import RunPaths, atomic_write
 from snplab.report.run_view import OUTCOMES, CaseView, RunView, load_run
@@ -95,8 +96,6 @@ class BufferAnswer:
 
 
 def buffer_answers(run: RunView) -> list[BufferAnswer]:
-    from snplab.report.case_transcript import load
-
     out = []
     for c, tj in run.transcripts():
         t = load(tj)
@@ -105,13 +104,17 @@ def buffer_answers(run: RunView) -> list[BufferAnswer]:
         need = pages_for(len(t.cert_blob)) if t.cert_blobs else 0
         try:
             attempts = [a for a in t.all_attempts() if a.is_ext]
+            exits = cert_exit_of(t)
         except TranscriptError:
             continue
         for a in attempts:
             if a.completed:
                 kind = "success"
             elif a.sw_exitinfo1 == 0 and a.vmm_error == 1:
-                kind = "invalid_len" if a.rbx_out == need else "broken"
+                # RBX must carry what the VMM answered (need, unless the test scripted another)
+                answer = (exits.get((a.vcpu, a.step, a.index)) or {}).get("answer")
+                want = answer.get("npages") if isinstance(answer, dict) else need
+                kind = "invalid_len" if a.rbx_out == want else "broken"
             else:
                 kind = "error"
             out.append(BufferAnswer(t.abi, a.rbx_in, need, kind, a.rbx_out, c.nodeid,
