@@ -37,10 +37,20 @@ def ensure_chromium() -> str:
             return found
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise BrowserUnavailable("no chromium on PATH and not root with apt-get to install it")
+    # one installer at a time (xdist workers may both get here)
+    with open(os.path.join(tempfile.gettempdir(), "snplab-chromium-install.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = shutil.which("chromium")
+        if found:
+            return found
+        return _apt_install()
+
+
+def _apt_install() -> str:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-qq"],
                 ["apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=300",
-                 "--no-install-recommends", "chromium"]):
+                 "chromium"]):
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S)
         if r.returncode != 0:
             tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["?"]
