@@ -51,6 +51,8 @@ details.case summary { cursor: pointer; font-weight: 600; }
 .diffacts { width: 100%; } .diffacts td { width: 42%; }
 .diff td { font: 12px ui-monospace, monospace; white-space: pre-wrap; }
 .muted { color: #777; }
+.violated { color: #b71c1c; margin: .1em 0 .3em; }
+h3 + p.violated { font-size: 12px; }
 """
 
 
@@ -91,4 +93,8 @@ def run_header(run: RunView) -> list[str]:
         facts["cases collected"] = s["collected"]
     out.append(f"<table class='facts' id='run-facts'>{fact_rows(facts)}</table>")
     out.append(totals_html(run.counts()))
+    props = Counter(c.failed_property for c in run.cases if c.failed_property)
+    if props:
+        out.append("<p class='violated' id='violated'>violated properties: " + ", ".join(
+            f"<b>{esc(p)}</b> ×{n}" for p, n in props.most_common()) + "</p>")
     return out

@@ -54,8 +54,11 @@ def matrix_html(run: RunView, fam: str, sectioned: set[str]) -> str:
         grid[c.name][(c.abi, c.product)] = c
     counts = Counter(c.outcome for c in cases)
     abis = list(dict.fromkeys(a for a, _ in cols))
+    props = Counter(c.failed_property for c in cases if c.failed_property)
     out = [f"<div class='family'><h3 id='family-{esc(fam)}'>{esc(fam)} <span class='muted'>"
-           + ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts.get(o)) + "</span></h3>",
+           + ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts.get(o)) + "</span></h3>"
+           + (f"<p class='violated'>violated: " + ", ".join(
+               f"<b>{esc(p)}</b> ×{n}" for p, n in props.most_common()) + "</p>" if props else ""),
            f"<table class='matrix' data-family='{esc(fam)}'><tr><th rowspan=2>case</th>"
            + "".join(f"<th colspan={sum(1 for a, _ in cols if a == ab)}>{esc(ab)}</th>"
                      for ab in abis) + "</tr><tr>"
