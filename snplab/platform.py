@@ -120,6 +120,8 @@ def encode_scenario(params: Any, dwarf: Any, scenario: Scenario) -> None:
                 f |= flags["SNPLAB_STEP_NO_RAX_VALID"]
             if s.no_rbx_valid:
                 f |= flags["SNPLAB_STEP_NO_RBX_VALID"]
+            if s.term_ghcb:
+                f |= flags["SNPLAB_STEP_TERM_GHCB"]
             vp["steps"][i].assign({
                 "op": ops[_OPS[s.op]], "policy": policies[_POLICIES[s.policy]],
                 "msg_type": s.msg_type, "msg_version": s.msg_version, "vmpck": s.vmpck,
@@ -191,6 +193,10 @@ class LocalPlatform:
     def check_launched(self, scenario: Scenario, backend: Any) -> None:
         """Raise if the backend reports a setup step that a real VMM would abort on."""
 
+    def guest_io(self, backend: Any) -> Any:
+        """The ioctl layer the guest's VMM uses (None: the real one)."""
+        return None
+
     # -- helpers ---------------------------------------------------------------------------------
     def _cached(self, key: Any, make: Callable[[], Any]) -> Any:
         with self._cache_lock:
@@ -248,7 +254,8 @@ class LocalPlatform:
         blob_path = self._write_blob(blob)
         served: list[bytes] = [blob]
         guest = Guest(GuestConfig(elf=elf, nvcpus=sc.nvcpus, timeout_s=sc.guest_timeout,
-                                  policy=sc.policy, host_data=sc.host_data), backend)
+                                  policy=sc.policy, host_data=sc.host_data), backend,
+                      io=self.guest_io(backend))
         responder = CertResponder(blob_path, sc.cert_answers)
         stop_updater: Callable[[], None] | None = None
         t_setup = time.perf_counter()
@@ -501,34 +508,51 @@ class TcbUpdater(threading.Thread):
 
 
 class SnpPlatform(LocalPlatform):
-    """Guests as real SNP guests on this host (``snplab.vmm.snp``)."""
+    """Guests as real SNP guests on this host (``snplab.vmm.snp``).
+
+    ``ioctl`` replaces the kernel's ioctl layer (tests: the fake SNP KVM of tests/snp_fakes.py);
+    ``cpuinfo`` is where the host product is read from."""
 
     name = "snp"
 
-    def __init__(self, **opts: Any) -> None:
+    def __init__(self, *, ioctl: Any = None, cpuinfo: str = "/proc/cpuinfo",
+                 headers_root: str = "/", **opts: Any) -> None:
         super().__init__(**opts)
-        problem = kvm_problem()
-        if problem:
-            raise PlatformUnavailable(problem)
-        try:
-            from snplab.vmm import snp  # type: ignore[attr-defined]
-        except ImportError as e:
-            raise PlatformUnavailable(f"SNP backend not available: {e}") from e
+        self._ioctl = ioctl
+        self._headers_root = headers_root
+        self.last_backend: Any = None
+        if ioctl is None:
+            problem = kvm_problem()
+            if problem:
+                raise PlatformUnavailable(problem)
+        from snplab.vmm import snp
+
         self._snp = snp
-        detect = getattr(snp, "detect_abi", None)
-        why = getattr(snp, "unavailable_reason", None)
-        reason = why() if callable(why) else None
+        reason = snp.unavailable_reason(io=ioctl)
         if reason:
             raise PlatformUnavailable(reason)
-        self.host_abi = self._abi or (detect() if callable(detect) else None)
-        product = getattr(snp, "host_product", None)
-        self.host_product = product() if callable(product) else None
+        self.host_abi = self._abi or snp.detect_abi(io=ioctl)
+        self.host_product = snp.host_product(cpuinfo)
         if self._certs_blob is None:
             raise PlatformUnavailable("--certs-blob FILE (the host's certificate blob) is needed "
                                       "on an SNP host")
 
     def make_backend(self, sc: Scenario) -> Any:
-        return self._snp.SnpBackend(abi=sc.abi)
+        backend = self._snp.SnpBackend(abi=sc.abi, ioctl=self._ioctl, headers_root=self._headers_root,
+                                       enable_req_certs="late" if sc.enable_req_certs_late else "early")
+        self.last_backend = backend  # the bringup reads its command record even when setup failed
+        return backend
+
+    def guest_io(self, backend: Any) -> Any:
+        return self._ioctl
+
+    def check_launched(self, sc: Scenario, backend: Any) -> None:
+        """A VMM aborts when KVM_SEV_SNP_ENABLE_REQ_CERTS fails (EINVAL after a vCPU)."""
+        if backend.enable_req_certs_error:
+            raise PlatformSetupError(backend.enable_req_certs_error)
+
+    def transcript_extras(self, sc: Scenario, backend: Any) -> dict[str, Any]:
+        return {"host": {"backend": jsonable(backend.to_json())}}
 
     def default_blob(self, sc: Scenario, backend: Any) -> bytes:
         assert self._certs_blob is not None

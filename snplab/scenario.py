@@ -77,6 +77,7 @@ class Step:
     max_busy_retries: int = 4
     no_rax_valid: bool = False
     no_rbx_valid: bool = False
+    term_ghcb: bool = False  # terminate: the GHCB NAE form (0x8000FFFE) instead of the MSR protocol
 
     def __post_init__(self) -> None:
         _check_choice("step op", self.op, OPS)
@@ -116,9 +117,10 @@ class Step:
         return cls(op="req", **kw)
 
     @classmethod
-    def terminate(cls, code: int = 0) -> "Step":
-        """A scripted GHCB termination request with reason ``code``."""
-        return cls(op="terminate", vmpl=code)
+    def terminate(cls, code: int = 0, *, ghcb: bool = False) -> "Step":
+        """A scripted termination request with reason ``code``: through the GHCB MSR protocol, or
+        with ``ghcb`` through the GHCB page (NAE 0x8000FFFE; KVM reports data[0] = GHCB GPA)."""
+        return cls(op="terminate", vmpl=code, term_ghcb=ghcb)
 
     @property
     def padded_report_data(self) -> bytes:

@@ -115,15 +115,46 @@ def test_every_range_launched_once_with_the_logged_bytes(launched):
     # partial progress: 3 pages per call, so ranges of more than 3 pages took several calls
     updates = [c for c in fake.sev_cmds if c["id"] == uapi.KVM_SEV_SNP_LAUNCH_UPDATE]
     total_pages = sum(r.npages for r in g.launch_log)
-    assert len(updates) >= -(-total_pages // 3) + 1  # + the rejected CPUID attempt
+    assert len(updates) >= -(-total_pages // 3)
     stacks = [c for c in updates if c["gfn"] >= mm.STACKS_GPA // 4096 and c["type"] == 3]
     assert [c["len"] for c in stacks][:3] == [8 * 4096, 5 * 4096, 2 * 4096]  # 2 vCPUs × 4 pages, 3 at a time
 
 
-def test_cpuid_page_corrected_once(launched):
+def test_cpuid_page_built_like_qemu_is_accepted_first(launched):
+    """D5: the page sent first is QEMU's (sev_snp_cpuid_info_fill + sev_snp_mask_cpuid_features),
+    which a firmware that checks CPUID values accepts on the first attempt; the record says so."""
     g, fake = launched
     cpuid = [c for c in fake.sev_cmds if c["id"] == uapi.KVM_SEV_SNP_LAUNCH_UPDATE and c["type"] == 6]
+    assert len(cpuid) == 1 and not fake.cpuid_attempts and not g.backend.cpuid_corrections
+    assert g.backend.cpuid_launched == snp.CPUID_FIRST_ATTEMPT
+    assert g.backend.to_json()["cpuid_launched"] == "first attempt"
+    rec = next(c for c in g.backend.commands if c.detail.get("type") == "CPUID")
+    assert rec.detail["cpuid_launched"] == "first attempt" and rec.detail["calls"] == 1
+    from snplab.abi import cpuid_page as cp
+
+    ents = {e.key: e for e in cp.parse_page(g.backend.cpuid_page_sent)}
+    assert ents[(1, 0)].ecx & (1 << 24) == 0 and ents[(1, 0)].ecx == 0x7FD8320B & ~(1 << 24)
+    assert ents[(7, 0)].ebx & 0x2 == 0 and ents[(7, 0)].edx & 0xFC000000 == 0
+    assert ents[(7, 0)].edx == 0x10 and ents[(7, 1)].eax == 0x20  # 7.1 kept (significant index)
+    assert ents[(0x80000008, 0)].ebx == 0x2B91D205 & ~(1 << 25)
+    for sub in (0, 1):
+        e = ents[(0xD, sub)]
+        assert (e.ebx, e.xcr0_in, e.xss_in) == (0x240, 1, 0)
+    assert all(e.xcr0_in == 0 for k, e in ents.items() if k[0] != 0xD)
+    # ecx_in only where KVM flags the index as significant (0x8000_0008 is not flagged)
+    assert all(k[1] == 0 for k in ents if k[0] not in (7, 0xD))
+
+
+def test_cpuid_page_corrected_once():
+    """The fallback: the firmware refuses the page, KVM copies its correction back, the
+    corrected page launches, and the record names the firmware-corrected retry."""
+    fake = FakeSnpKvm(cpuid_reject="always")
+    g = make_guest(fake)
+    g.prepare()
+    g.launch()
+    cpuid = [c for c in fake.sev_cmds if c["id"] == uapi.KVM_SEV_SNP_LAUNCH_UPDATE and c["type"] == 6]
     assert len(cpuid) == 2  # rejected with INVALID_PARAM, then accepted with the firmware's page
+    assert g.backend.cpuid_launched == snp.CPUID_FIRMWARE_CORRECTED
     (corr,) = g.backend.cpuid_corrections
     assert corr["gpa"] == mm.CPUID_GPA and len(corr["changed"]) == 1
     change = corr["changed"][0]
@@ -132,6 +163,7 @@ def test_cpuid_page_corrected_once(launched):
     # what we sent first was built from KVM_GET_SUPPORTED_CPUID, minus the hypervisor leaves
     sent = snp.parse_cpuid_page(g.backend.cpuid_page_sent)
     assert (0x8000001F, 0) in [(f, i) for f, i, *_ in sent] and all(f != 0x40000000 for f, *_ in sent)
+    g.close()
 
 
 def test_log_predicts_what_kvm_measured(launched):
@@ -141,19 +173,7 @@ def test_log_predicts_what_kvm_measured(launched):
     log = {"updates": [r.to_json() for r in g.launch_log], "vcpus": [s.to_json() for s in g.vcpu_states]}
     from_log = measure.predict_measurement(measure.launch_log_from_json(log))
 
-    updates = [{"gpa": gfn * 4096, "page_type": t, "npages": 1, **({"sha384": d} if d else {})}
-               for gfn, (t, d) in sorted(fake.launched.items())]
-    vcpus = []
-    for v in fake.finished_vcpus:
-        regs = uapi.kvm_regs.from_buffer_copy(v["regs"])
-        sregs = uapi.kvm_sregs.from_buffer_copy(v["sregs"])
-        seg = lambda s: {n: getattr(s, n) for n, _ in uapi.kvm_segment._fields_}  # noqa: E731
-        vcpus.append({"regs": {n: getattr(regs, n) for n, _ in uapi.kvm_regs._fields_},
-                      "sregs": {**{n: seg(getattr(sregs, n)) for n in ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")},
-                                "gdt": {"base": sregs.gdt.base, "limit": sregs.gdt.limit},
-                                "idt": {"base": sregs.idt.base, "limit": sregs.idt.limit},
-                                "cr0": sregs.cr0, "cr3": sregs.cr3, "cr4": sregs.cr4, "efer": sregs.efer}})
-    from_kvm = measure.predict_measurement(measure.launch_log_from_json({"updates": updates, "vcpus": vcpus}))
+    from_kvm = measure.predict_measurement(measure.launch_log_from_json(fake.measured_launch_log()))
     assert from_log == from_kvm
     assert g.launcher.measurement is None  # real KVM does not expose the digest
 
@@ -167,6 +187,28 @@ def test_c_bit_from_kvm_cpuid_and_page_tables():
         g.launch()
         pml4 = struct.unpack_from("<Q", g.memory.read(mm.PML4_GPA, 8))[0]
         assert pml4 & (1 << 47)
+    finally:
+        g.close()
+
+
+def test_enable_req_certs_late_is_refused_by_kvm():
+    """D1: with enable_req_certs="late" the backend issues command 103 after the last vCPU exists;
+    KVM (here the fake, enforcing kvm->created_vcpus) says EINVAL and the backend records it."""
+    fake = FakeSnpKvm()
+    g = make_guest(fake, nvcpus=2, enable_req_certs="late")
+    try:
+        g.prepare()
+        assert uapi.KVM_SEV_SNP_ENABLE_REQ_CERTS not in sev_ids(fake)  # not before the vCPUs
+        g.launch()
+        names = fake.names()
+        i_103 = next(i for i, c in enumerate(c for c in fake.calls if c.fd_kind.split(":")[0] in ("kvm", "vm", "vcpu"))
+                     if c.name == "KVM_MEMORY_ENCRYPT_OP" and c.detail.get("id") == uapi.KVM_SEV_SNP_ENABLE_REQ_CERTS)
+        assert names[:i_103].count("KVM_CREATE_VCPU") == 2
+        assert not fake.req_certs_enabled
+        err = g.backend.enable_req_certs_error
+        assert err and "KVM_SEV_SNP_ENABLE_REQ_CERTS" in err and "EINVAL" in err
+        rec = next(c for c in g.backend.commands if c.id == uapi.KVM_SEV_SNP_ENABLE_REQ_CERTS)
+        assert rec.rc == -22 and rec.detail == {"after_vcpus": 2}
     finally:
         g.close()
 

@@ -111,7 +111,7 @@ def vmgexit_v15(gpa: int, npages: int, status: int, seen: list) -> Exit:
 
 
 def run_guest(tmp_path, scripts, *, abi="req-certs", nvcpus=1, answers=(), exit_no=None, attach=True):
-    fake = FakeSnpKvm(partial=64, cpuid_reject=False)
+    fake = FakeSnpKvm(partial=64, cpuid_reject="never")
     backend = snp.SnpBackend(abi=abi, ioctl=fake, sev_path="/dev/sev", c_bit=51, req_certs_exit=exit_no,
                              headers_root="/nonexistent")
     g = Guest(GuestConfig(elf=build_guest(), nvcpus=nvcpus, timeout_s=5.0), backend, io=fake)

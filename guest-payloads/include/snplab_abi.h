@@ -68,6 +68,7 @@ enum snplab_step_flags {
 	SNPLAB_STEP_CERTS_GPA_ABS = 1 << 1,	/* RAX = step.certs_gpa (guest never touches it) */
 	SNPLAB_STEP_NO_RAX_VALID = 1 << 2,	/* do not mark RAX valid in the GHCB */
 	SNPLAB_STEP_NO_RBX_VALID = 1 << 3,	/* do not mark RBX valid in the GHCB */
+	SNPLAB_STEP_TERM_GHCB = 1 << 4,		/* OP_TERMINATE through the GHCB (NAE 0x8000FFFE), not the MSR protocol */
 };
 
 /* What happened, judged by the guest only as far as it must to decide its

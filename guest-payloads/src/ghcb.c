@@ -242,6 +242,14 @@ void hv_guest_request(struct vcpu_ctx *vc, uint64_t exit_code, uint64_t req_gpa,
 	out->rbx = g_rd64(g, GHCB_OFF_RBX);
 }
 
+void ghcb_terminate_nae(struct vcpu_ctx *vc, uint32_t set, uint32_t code)
+{
+	volatile uint8_t *g = ghcb_begin(vc, SVM_VMGEXIT_TERM_REQUEST,
+					 (uint64_t)(set & 0xf) | (uint64_t)(code & 0xff) << 4, 0);
+
+	ghcb_exit(vc, g);
+}
+
 void ghcb_terminate(uint32_t set, uint32_t code)
 {
 	for (;;)	/* the kernel halts after the exit: never returns */

@@ -29,6 +29,12 @@ static inline uint64_t ghcb_msr_term_req(uint32_t set, uint32_t code)
 	return GHCB_MSR_TERM_REQ | (uint64_t)(set & 0xf) << 12 | (uint64_t)(code & 0xff) << 16;
 }
 
+/* GHCB page (NAE 0x8000FFFE) termination request: SW_EXITINFO1[3:0] = reason
+ * set, [11:4] = reason code (GHCB spec 56421, "Termination Request").  KVM
+ * exits with SEV_TERM and never resumes the vCPU; returns only if it does.
+ * CPL3 only. */
+void ghcb_terminate_nae(struct vcpu_ctx *vc, uint32_t set, uint32_t code);
+
 /* GHCB MSR-protocol termination request through a kernel call (CPL3 only);
  * never returns. */
 __attribute__((noreturn)) void ghcb_terminate(uint32_t set, uint32_t code);

@@ -21,6 +21,7 @@
 #define SVM_VMGEXIT_PSC 0x80000010ULL
 #define SVM_VMGEXIT_GUEST_REQUEST 0x80000011ULL
 #define SVM_VMGEXIT_EXT_GUEST_REQUEST 0x80000012ULL
+#define SVM_VMGEXIT_TERM_REQUEST 0x8000FFFEULL
 
 /* Linux arch/x86/include/asm/sev.h: struct snp_guest_msg_hdr */
 #define MSG_HDR_SIZE 0x60
@@ -41,6 +42,7 @@ struct vcpu_ctx {
 	uint16_t ghcb_version;
 	uint8_t msr_holds_ghcb;			/* GHCB MSR already holds ghcb_gpa */
 	uint8_t in_exception;
+	uint8_t term_ghcb;			/* terminate through the GHCB page (scripted) */
 	uint32_t cert_store_used;		/* private copy of res->cert_store_used */
 	uint32_t last_store_off;		/* the last complete copy in cert_store */
 	uint32_t last_store_len;		/* ... and its length (0 = none) */

@@ -81,6 +81,8 @@ void vcpu_finish(struct vcpu_ctx *vc)
 void vcpu_terminate(struct vcpu_ctx *vc, uint32_t code)
 {
 	vcpu_finish(vc);
+	if (vc->term_ghcb)
+		ghcb_terminate_nae(vc, SNPLAB_TERM_SET, code);	/* KVM does not resume us */
 	ghcb_terminate(SNPLAB_TERM_SET, code);
 }
 

@@ -440,8 +440,10 @@ uint32_t run_steps(struct vcpu_ctx *vc)
 		if (st->op == SNPLAB_OP_END)
 			break;
 		vc->res->nsteps = i + 1;
-		if (st->op == SNPLAB_OP_TERMINATE)
+		if (st->op == SNPLAB_OP_TERMINATE) {
+			vc->term_ghcb = !!(st->flags & SNPLAB_STEP_TERM_GHCB);
 			return st->vmpl ? (st->vmpl & 0xff) : SNPLAB_TERM_SCRIPTED;
+		}
 		run_request(vc, st, sr);
 	}
 	return SNPLAB_TERM_DONE;

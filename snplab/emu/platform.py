@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from snplab.abi.policy import PLATFORM_INFO_SMT_EN
 from snplab.abi.tcb import TcbVersion
 from snplab.emu.faults import FaultSet
 from snplab.emu.ghcb import DOORBELL_PORT, PROFILES, PVALIDATE_PORT, EmulatedKvm
@@ -66,7 +65,7 @@ class EmulatedBackend:
                  faults: Iterable[str] = (), report_version: int = 5, kernel: str = "newest",
                  tcb: TcbVersion | None = None, chip_id: bytes | None = None, csp_id: str | None = None,
                  enable_req_certs: str = "early", responder: Any = None, store: KeyStore | None = None,
-                 platform_info: int = PLATFORM_INFO_SMT_EN, rng: Callable[[int], bytes] = os.urandom,
+                 platform_info: int | None = None, rng: Callable[[int], bytes] = os.urandom,
                  enable_req_certs_late: bool = False) -> None:
         if enable_req_certs_late:  # the top-level platform's spelling of enable_req_certs="late"
             enable_req_certs = "late"

@@ -8,8 +8,20 @@ Launch (``Launcher`` protocol of ``snplab.vmm.launch``): ``start(policy)`` → `
 type)``* → ``finish(host_data, vcpus)``; every page extends the launch digest (launch_digest.py),
 is written into guest memory as the firmware would (NORMAL/UNMEASURED/CPUID: the data; ZERO: zeros;
 SECRETS: the secrets page it generates) and becomes private + validated in the RMP. ``finish``
-measures one VMSA per vCPU (vmsa.py), vCPU 0 first. CPUID pages are accepted without the
-firmware's value check. A page launched twice fails (the firmware requires an unassigned page).
+measures one VMSA per vCPU (vmsa.py), vCPU 0 first. A page launched twice fails (the firmware
+requires an unassigned page).
+
+CPUID pages get the cheap part of the firmware's value check (``_check_cpuid_page``): feature bits
+the firmware refuses (snplab.abi.cpuid_page ``FIRMWARE_MASKED_FEATURES``, QEMU's mask list) and
+0xD.0/0xD.1 EBX other than 0x240 for xcr0_in = 1, xss_in = 0. Such a page fails with
+INVALID_PARAM, is not measured or assigned, and the corrected page is written back into it (as the
+firmware writes its correction, which KVM then copies to the VMM's uaddr); launching the corrected
+page succeeds. Not modelled: the check of every other leaf against the host's real CPUID (the
+firmware only lets values through that the hardware allows), XSAVE sizes for other XCR0/XSS
+values, and entry-count/ordering rules.
+
+Report fields that depend on the firmware (version, PLATFORM_INFO, v5 mitigation vectors) come
+from firmware_profile.py, per product and report version, as public hardware reports show them.
 
 Guest messages: header checks (algo 1, hdr_version 1, hdr_sz 0x60, msg_vmpck ≤ 3,
 msg_sz ≤ 4000), then the sequence number (must equal the counter of that VMPCK, which starts at 1),
@@ -27,6 +39,7 @@ status) — the IV-reuse oracle reads it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -41,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from snplab.abi import cpuid_page as cpuid_abi
 from snplab.abi import guest_msg as gm
 from snplab.abi.policy import (
     PLATFORM_INFO_SMT_EN,
@@ -58,9 +72,11 @@ from snplab.abi.report import (
 from snplab.abi.sev_status import SevStatus, status_name
 from snplab.abi.tcb import TcbVersion
 from snplab.emu.faults import FaultSet
+from snplab.emu.firmware_profile import firmware_profile
 from snplab.emu.keys import IssuedKey, normalize_chip_id, product_info
 from snplab.emu.launch_digest import (
     INITIAL_VMSA_GPA,
+    SNP_PAGE_TYPE_CPUID,
     SNP_PAGE_TYPE_NORMAL,
     SNP_PAGE_TYPE_SECRETS,
     SNP_PAGE_TYPE_VMSA,
@@ -93,7 +109,6 @@ KEY_REQ_ROOT_KEY_SELECT = 1 << 0
 KEY_REQ_KEY_SEL_SHIFT = 1
 GUEST_FIELD_SELECT_MASK = 0x7F  # policy, image_id, family_id, measurement, guest_svn, tcb, mit vector
 
-DEFAULT_FIRMWARE_VERSION = (1, 55, 21)  # (major, minor, build)
 
 
 class PspError(RuntimeError):
@@ -130,8 +145,8 @@ class EmulatedPsp:
 
     def __init__(self, *, product: str, tcb: TcbVersion, vcek: IssuedKey, vlek: IssuedKey | None = None,
                  chip_id: bytes | None = None, report_version: int = 5, memory: Memory | None = None,
-                 rmp: Rmp | None = None, faults: Iterable[str] = (), platform_info: int = PLATFORM_INFO_SMT_EN,
-                 firmware_version: tuple[int, int, int] = DEFAULT_FIRMWARE_VERSION,
+                 rmp: Rmp | None = None, faults: Iterable[str] = (), platform_info: int | None = None,
+                 firmware_version: tuple[int, int, int] | None = None,
                  sev_features: int = SVM_SEV_FEAT_SNP_ACTIVE, host_cr4_mce: bool = True,
                  rng: Callable[[int], bytes] = os.urandom) -> None:
         if report_version not in (2, 3, 5):
@@ -146,8 +161,11 @@ class EmulatedPsp:
         self.memory = memory
         self.rmp = rmp
         self.faults = faults if isinstance(faults, FaultSet) else FaultSet(faults)
-        self.platform_info = platform_info
-        self.firmware_version = firmware_version
+        # firmware version, PLATFORM_INFO and mitigation vectors as real firmware writing this
+        # report version reports them (firmware_profile.py); explicit arguments override
+        self.profile = firmware_profile(self.product, report_version)
+        self.platform_info = self.profile.platform_info if platform_info is None else platform_info
+        self.firmware_version = self.profile.firmware_version if firmware_version is None else firmware_version
         self.sev_features = sev_features | SVM_SEV_FEAT_SNP_ACTIVE
         self.host_cr4_mce = host_cr4_mce
         self._rng = rng
@@ -165,6 +183,7 @@ class EmulatedPsp:
         self.message_log: list[PspLogEntry] = []
         self.reports_signed = 0
         self.last_report: AttestationReport | None = None
+        self.cpuid_corrected: bytes | None = None  # the last CPUID page the firmware corrected
 
     # -- endorsement keys ----------------------------------------------------------------------
 
@@ -205,6 +224,9 @@ class EmulatedPsp:
             raise PspError(SevStatus.INVALID_PAGE_STATE, f"page {twice[0]:#x} is already launched")
         if ptype == SNP_PAGE_TYPE_SECRETS and npages != 1:
             raise PspError(SevStatus.INVALID_PARAM, "a SECRETS update is exactly one page")
+        if ptype == SNP_PAGE_TYPE_CPUID:
+            for i, page_gpa in enumerate(pages):
+                self._check_cpuid_page(page_gpa, bytes(data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]))
         entry: dict[str, Any] = {"op": "update", "gpa": gpa, "page_type": _PAGE_TYPE_NAMES[ptype],
                                  "npages": npages}
         digests = []
@@ -221,6 +243,26 @@ class EmulatedPsp:
         if self.rmp is not None:
             self.rmp.launch(gpa, npages)
         self.launch_log.append(entry)
+
+    def _check_cpuid_page(self, gpa: int, page: bytes) -> None:
+        """Refuse a CPUID page with values the firmware corrects (see the module docstring)."""
+        entries = cpuid_abi.parse_page(page)
+        fixed = []
+        for e in entries:
+            f = cpuid_abi.without_masked(e)
+            if cpuid_abi.is_legacy_xsave_leaf(f) and f.ebx != cpuid_abi.XSAVE_LEGACY_SIZE:
+                f = dataclasses.replace(f, ebx=cpuid_abi.XSAVE_LEGACY_SIZE)
+            fixed.append(f)
+        bad = [e for e, f in zip(entries, fixed) if e != f]
+        if not bad:
+            return
+        corrected = cpuid_abi.pack_page(fixed)
+        if self.memory is not None:
+            self.memory.view(gpa, PAGE_SIZE)[:] = corrected
+        self.cpuid_corrected = corrected
+        raise PspError(SevStatus.INVALID_PARAM, f"CPUID page at {gpa:#x}: {len(bad)} entr"
+                       f"{'y' if len(bad) == 1 else 'ies'} with values the firmware refuses "
+                       f"(first: leaf {bad[0].eax_in:#x}.{bad[0].ecx_in})")
 
     def _write_launched(self, gpa: int, ptype: int, page: bytes) -> None:
         if self.memory is None:
@@ -351,7 +393,9 @@ class EmulatedPsp:
             cpuid_fam_id=self.info.family if v >= 3 else 0, cpuid_mod_id=self.info.model if v >= 3 else 0,
             cpuid_step=self.info.stepping if v >= 3 else 0, chip_id=self.chip_id,
             current_major=major, current_minor=minor, current_build=build,
-            committed_major=major, committed_minor=minor, committed_build=build)
+            committed_major=major, committed_minor=minor, committed_build=build,
+            launch_mit_vector=self.profile.launch_mit_vector if v >= 5 else 0,
+            current_mit_vector=self.profile.current_mit_vector if v >= 5 else 0)
 
     def sign_report(self, report: AttestationReport, key: IssuedKey) -> AttestationReport:
         """ECDSA P-384 / SHA-384 over bytes [0, 0x2A0); R and S stored little-endian."""

@@ -58,6 +58,42 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAIL
 
 
+# ---- bringup --------------------------------------------------------------------------------
+
+
+def cmd_bringup(args: argparse.Namespace) -> int:
+    from snplab.host.bringup import BringupError, run_bringup, write_record
+
+    if getattr(args, "io", None) is None and not Path(args.certs_blob).is_file():
+        from snplab.vmm.snp import unavailable_reason
+
+        reason = unavailable_reason()  # no SNP: say that rather than ask for a blob
+        if reason:
+            _err(f"bringup: {reason}")
+            return EXIT_FAIL
+        _err(f"certificate blob {args.certs_blob}: not found (snplab host certs fetch -o FILE)")
+        return EXIT_INPUT
+    try:
+        record = run_bringup(certs_blob=args.certs_blob, trust_dir=args.trust_dir, payload=args.payload,
+                             ioctl=getattr(args, "io", None), root=getattr(args, "root", "/"),
+                             product=args.product, abi=args.abi, trust=getattr(args, "trust", None))
+    except BringupError as e:
+        _err(f"bringup: {e}")
+        return EXIT_FAIL
+    except OSError as e:  # e.g. an unreadable blob or payload
+        _err(f"bringup: {e}")
+        return EXIT_INPUT
+    try:
+        md, js = write_record(record, args.out)
+    except OSError as e:
+        print(record.markdown())
+        _err(f"bringup: cannot write the record to {args.out}: {e.strerror or e}")
+        return EXIT_INPUT
+    print(json.dumps(record.to_json(), indent=1) if args.json else record.markdown())
+    print(f"record: {md} {js}")
+    return EXIT_OK if record.failed is None else EXIT_FAIL
+
+
 # ---- certs ----------------------------------------------------------------------------------
 
 
@@ -262,6 +298,33 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                                                      "or /var/lib/snplab/cert-blob.bin)")
     check.add_argument("--no-probe", action="store_true", help="do not compile the kernel-header probe")
     check.set_defaults(func=cmd_check)
+
+    bu = hsub.add_parser(
+        "bringup", help="first run on a new SNP host: every hardware-status item in order, with a record",
+        description="Walk the items of docs/hardware-status.md in order on this host, as real SNP guests "
+                    "(create SNP VM, INIT2, ENABLE_REQ_CERTS, guest_memfd, vCPUs in long mode, "
+                    "LAUNCH_START/UPDATE/FINISH with our CPUID page, 64-bit entry, a plain guest request, "
+                    "an extended request, measurement = prediction, INVALID_LEN, BUSY, SEV_TERM both forms). "
+                    "Stops at the first failure naming the ioctl, errno and firmware status, and writes a "
+                    "Markdown + JSON record (host CPU, kernel, firmware, TCB, ABI profile, each item "
+                    "pass/fail/skipped with evidence) ready to paste into docs/hardware-status.md. "
+                    "Needs an SNP host (run 'snplab host check' first); it never runs on the emulated "
+                    "platform, and exits 1 with one line if this host cannot run SNP guests.",
+        epilog="exit status: 0 every item passed or was skipped, 1 an item failed or this is not an SNP "
+               "host, 2 bad input")
+    bu.add_argument("--certs-blob", metavar="FILE", default=os.environ.get("SNPLAB_CERT_BLOB", "/var/lib/snplab/cert-blob.bin"),
+                    help="the host's certificate blob (default $SNPLAB_CERT_BLOB or /var/lib/snplab/cert-blob.bin)")
+    bu.add_argument("--trust-dir", metavar="DIR", help="AMD ARK/ASK/ASVK PEMs to verify reports against (default: AMD's "
+                                        "pinned ARK, chain taken from the served blob)")
+    bu.add_argument("--out", metavar="DIR", default="reports/bringup", help="where the .md and .json record go "
+                                                             "(default reports/bringup)")
+    bu.add_argument("--product", choices=("milan", "genoa", "turin"), help="CPU product if /proc/cpuinfo "
+                                                                           "does not tell")
+    bu.add_argument("--abi", choices=("stub", "req-certs", "vmgexit-v15"),
+                    help="force the ABI profile instead of detecting it")
+    bu.add_argument("--payload", metavar="ELF", help="guest payload ELF (default: the built one)")
+    bu.add_argument("--json", action="store_true", help="print the JSON record instead of the Markdown")
+    bu.set_defaults(func=cmd_bringup)
 
     certs = hsub.add_parser("certs", help="build, show, verify or fetch the certificate blob")
     csub = certs.add_subparsers(dest="certs_cmd", required=True)

@@ -5,13 +5,18 @@ Launch (shared/reference/kvm-host-abi.md §3.6; numbers §3.1–§3.5, errata.md
     KVM_CREATE_VM(KVM_X86_SNP_VM)                       (Guest.prepare, vm_type = 4)
     KVM_SEV_INIT2 {vmsa_features, ghcb_version 0 → 2}   setup_vm
     KVM_SEV_SNP_ENABLE_REQ_CERTS                        setup_vm, profile req-certs, before vCPUs
+                                                        (or setup_vcpu after the last vCPU, to see
+                                                        KVM refuse it: enable_req_certs="late")
     KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL, 1 << KVM_HC_MAP_GPA_RANGE)
     KVM_CREATE_GUEST_MEMFD + KVM_SET_USER_MEMORY_REGION2(KVM_MEM_GUEST_MEMFD) per memslot
     KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) on all RAM        (the guest converts its shared window)
     KVM_CREATE_VCPU, KVM_SET_CPUID2/SREGS/REGS          (Guest.launch)
     KVM_SEV_SNP_LAUNCH_START {policy}                   SnpLauncher.start
     KVM_SEV_SNP_LAUNCH_UPDATE per range                 SnpLauncher.update (loops on partial
-                                                        progress; CPUID page corrected once)
+                                                        progress; the CPUID page is built the way
+                                                        QEMU builds it, the firmware-corrected page
+                                                        is the fallback; which one launched is
+                                                        recorded as ``cpuid_launched``)
     KVM_SEV_SNP_LAUNCH_FINISH {host_data}               SnpLauncher.finish (KVM measures VMSAs)
 
 Every KVM_MEMORY_ENCRYPT_OP carries the /dev/sev fd (``kvm_sev_cmd.sev_fd``).
@@ -32,12 +37,12 @@ from __future__ import annotations
 import ctypes as C
 import errno
 import os
-import struct
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from snplab.abi import cpuid_page as cpuid_abi
 from snplab.vmm import uapi
 from snplab.vmm.errors import GuestSetupError, VmmError
 from snplab.vmm.events import MapGpaRange, MemoryFault
@@ -55,13 +60,10 @@ DEFAULT_C_BIT = 51  # Milan, Genoa, Turin: CPUID 0x8000001F EBX[5:0]
 SEV_RET_INVALID_PARAM = 0x16  # include/uapi/linux/psp-sev.h
 MAX_UPDATE_STALLS = 16  # LAUNCH_UPDATE calls in a row without progress before giving up
 
-# SNP CPUID page (SNP firmware ABI "CPUID_FUNCTION"; errata A: 0x10 + 64 × 48 = 0xC10 bytes):
-# header {u32 count, u32 reserved, u64 reserved}; entry {u32 eax_in, ecx_in; u64 xcr0_in, xss_in;
-# u32 eax, ebx, ecx, edx; u64 reserved}.
-SNP_CPUID_MAX_ENTRIES = 64
-_CPUID_HDR = struct.Struct("<IIQ")
-_CPUID_FN = struct.Struct("<IIQQIIIIQ")
-assert _CPUID_HDR.size + SNP_CPUID_MAX_ENTRIES * _CPUID_FN.size == 0xC10
+SNP_CPUID_MAX_ENTRIES = cpuid_abi.SNP_CPUID_MAX_ENTRIES
+ENABLE_REQ_CERTS_WHEN = ("early", "late")  # late: after the last vCPU exists (KVM says EINVAL)
+CPUID_FIRST_ATTEMPT = "first attempt"
+CPUID_FIRMWARE_CORRECTED = "firmware-corrected retry"
 
 SEV_CMD_NAMES = {uapi.KVM_SEV_INIT2: "KVM_SEV_INIT2", uapi.KVM_SEV_SNP_LAUNCH_START: "KVM_SEV_SNP_LAUNCH_START",
                  uapi.KVM_SEV_SNP_LAUNCH_UPDATE: "KVM_SEV_SNP_LAUNCH_UPDATE",
@@ -69,12 +71,21 @@ SEV_CMD_NAMES = {uapi.KVM_SEV_INIT2: "KVM_SEV_INIT2", uapi.KVM_SEV_SNP_LAUNCH_ST
                  uapi.KVM_SEV_SNP_ENABLE_REQ_CERTS: "KVM_SEV_SNP_ENABLE_REQ_CERTS"}
 
 
+def firmware_status_text(status: int) -> str:
+    """``INVALID_PARAM (0x16)``; ``0x0`` for no firmware status."""
+    from snplab.abi.sev_status import status_name
+
+    name = status_name(status)
+    return f"{name} ({status:#x})" if status and not name.startswith("0x") else f"{status:#x}"
+
+
 class SnpLaunchError(VmmError):
     """A KVM_MEMORY_ENCRYPT_OP failed: names the SEV command, the errno and the firmware status."""
 
     def __init__(self, command: str, err: int, fw_error: int, detail: str = "") -> None:
         self.command, self.errno, self.fw_error = command, err, fw_error
-        msg = f"{command}: {os.strerror(err)} (errno {err}), firmware status {fw_error:#x}"
+        msg = f"{command}: {os.strerror(err)} ({errno.errorcode.get(err, err)}), firmware status " \
+              f"{firmware_status_text(fw_error)}"
         super().__init__(f"{msg}; {detail}" if detail else msg)
 
 
@@ -140,23 +151,39 @@ def req_certs_exit_from_headers(root: str = "/") -> int | None:
 
 
 def cpuid_page(entries: list[tuple[int, int, int, int, int, int]], xcr0: int = 1) -> bytes:
-    """SNP CPUID page from (function, index, eax, ebx, ecx, edx) tuples (first 64)."""
-    entries = entries[:SNP_CPUID_MAX_ENTRIES]
-    page = bytearray(PAGE_SIZE)
-    _CPUID_HDR.pack_into(page, 0, len(entries), 0, 0)
-    for i, (fn, idx, a, b, c, d) in enumerate(entries):
-        xcr0_in = xcr0 if fn == 0xD and idx in (0, 1) else 0
-        _CPUID_FN.pack_into(page, _CPUID_HDR.size + i * _CPUID_FN.size, fn, idx, xcr0_in, 0, a, b, c, d, 0)
-    return bytes(page)
+    """SNP CPUID page from (function, index, eax, ebx, ecx, edx) tuples (first 64), values as
+    given (xcr0_in = ``xcr0`` for 0xD.0/0xD.1). ``snp_cpuid_entries`` builds QEMU's page."""
+    return cpuid_abi.pack_page([cpuid_abi.CpuidEntry(fn, idx, xcr0 if fn == 0xD and idx in (0, 1) else 0, 0,
+                                                     a, b, c, d) for fn, idx, a, b, c, d in entries])
 
 
 def parse_cpuid_page(page: bytes) -> list[tuple[int, int, int, int, int, int]]:
-    count = min(_CPUID_HDR.unpack_from(page)[0], SNP_CPUID_MAX_ENTRIES)
+    return [(e.eax_in, e.ecx_in, *e.values) for e in cpuid_abi.parse_page(page)]
+
+
+def _kept_leaf(function: int) -> bool:
+    """Standard and extended leaves only: no hypervisor range (0x4000_0000..), no Transmeta/Centaur."""
+    return function < 0x4000_0000 or 0x8000_0000 <= function < 0x8000_0100
+
+
+def snp_cpuid_entries(cpuid: Any) -> list[cpuid_abi.CpuidEntry]:
+    """The CPUID page QEMU builds from KVM_GET_SUPPORTED_CPUID (qemu target/i386/sev.c
+    ``sev_snp_cpuid_info_fill`` after ``sev_snp_mask_cpuid_features``): feature bits the firmware
+    refuses cleared, ``ecx_in`` only for KVM_CPUID_FLAG_SIGNIFCANT_INDEX entries, 0xD.0/0xD.1
+    with EBX = 0x240, xcr0_in = 1, xss_in = 0. Sent first; the firmware-corrected page is the
+    fallback (SnpLauncher._update)."""
     out = []
-    for i in range(count):
-        fn, idx, _x, _s, a, b, c, d, _r = _CPUID_FN.unpack_from(page, _CPUID_HDR.size + i * _CPUID_FN.size)
-        out.append((fn, idx, a, b, c, d))
-    return out
+    for i in range(cpuid.nent):
+        e = cpuid.entries[i]
+        if not _kept_leaf(e.function):
+            continue
+        ecx_in = e.index if e.flags & uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX else 0
+        ent = cpuid_abi.without_masked(cpuid_abi.CpuidEntry(e.function, ecx_in, 0, 0, e.eax, e.ebx, e.ecx, e.edx))
+        if e.function == cpuid_abi.XSAVE_LEAF and e.index in (0, 1):
+            ent = cpuid_abi.CpuidEntry(e.function, ecx_in, cpuid_abi.XCR0_X87, 0, ent.eax,
+                                       cpuid_abi.XSAVE_LEGACY_SIZE, ent.ecx, ent.edx)
+        out.append(ent)
+    return out[:SNP_CPUID_MAX_ENTRIES]
 
 
 # ---- the backend ----------------------------------------------------------------------------
@@ -184,11 +211,17 @@ class SnpBackend:
 
     def __init__(self, abi: str = "auto", req_certs_exit: int | None = None, sev_path: str = "/dev/sev",
                  ioctl: IoctlLayer | None = None, *, c_bit: int | None = None, vmsa_features: int = 0,
-                 cpuid_table: str = "kvm", headers_root: str = "/") -> None:
+                 cpuid_table: str = "kvm", headers_root: str = "/", enable_req_certs: str = "early") -> None:
         if abi not in ABIS:
             raise GuestSetupError(f"abi {abi!r}: want one of {', '.join(ABIS)}")
         if cpuid_table not in ("kvm", "empty"):
             raise GuestSetupError(f"cpuid_table {cpuid_table!r}: want 'kvm' or 'empty'")
+        if enable_req_certs not in ENABLE_REQ_CERTS_WHEN:
+            raise GuestSetupError(f"enable_req_certs {enable_req_certs!r}: want 'early' or 'late'")
+        self.enable_req_certs_when = enable_req_certs
+        # KVM_SEV_SNP_ENABLE_REQ_CERTS issued after a vCPU exists: the error KVM gave (None: it
+        # was accepted, which snp_enable_certs never does; the platform then runs the guest)
+        self.enable_req_certs_error: str | None = None
         self.requested_abi = abi
         self.abi: str | None = None if abi == "auto" else abi
         if req_certs_exit is None:
@@ -204,6 +237,8 @@ class SnpBackend:
         self.cpuid_corrections: list[dict[str, Any]] = []
         self.gmem_fds: list[int] = []
         self.cpuid_page_sent: bytes | None = None
+        # which CPUID page the firmware launched: CPUID_FIRST_ATTEMPT or CPUID_FIRMWARE_CORRECTED
+        self.cpuid_launched: str | None = None
 
     # -- Backend protocol -------------------------------------------------------------------------
 
@@ -242,7 +277,7 @@ class SnpBackend:
         weakref.finalize(guest, self.close)
         init = uapi.kvm_sev_init(vmsa_features=self.vmsa_features, flags=0, ghcb_version=0)
         self.sev_command(guest, uapi.KVM_SEV_INIT2, init, vmsa_features=self.vmsa_features)
-        if self.abi == "req-certs":
+        if self.abi == "req-certs" and self.enable_req_certs_when == "early":
             self.sev_command(guest, uapi.KVM_SEV_SNP_ENABLE_REQ_CERTS, None)
         guest.vm.enable_cap(uapi.KVM_CAP_EXIT_HYPERCALL, 1 << uapi.KVM_HC_MAP_GPA_RANGE)
         mem = guest.memory
@@ -264,19 +299,21 @@ class SnpBackend:
         if self.cpuid_table == "empty":
             return bytes(PAGE_SIZE)
         assert guest.kvm is not None
-        cpuid = guest.kvm.supported_cpuid()
-        entries = []
-        for i in range(cpuid.nent):
-            e = cpuid.entries[i]
-            if e.function < 0x40000000 or 0x80000000 <= e.function < 0x80000100:
-                entries.append((e.function, e.index, e.eax, e.ebx, e.ecx, e.edx))
-        return cpuid_page(entries)
+        return cpuid_abi.pack_page(snp_cpuid_entries(guest.kvm.supported_cpuid()))
 
     def launcher(self, guest: Guest) -> SnpLauncher:
         return SnpLauncher(self, guest)
 
     def setup_vcpu(self, guest: Guest, vcpu: Vcpu) -> None:
-        pass  # KVM builds the VMSA from the state Guest.launch set; nothing SNP-specific here
+        """KVM builds the VMSA from the state Guest.launch set. With enable_req_certs="late",
+        ENABLE_REQ_CERTS goes out once the last vCPU exists; snp_enable_certs refuses it then
+        (``kvm->created_vcpus`` → -EINVAL), and the platform aborts the run with that error."""
+        if (self.abi == "req-certs" and self.enable_req_certs_when == "late"
+                and vcpu.index == guest.config.nvcpus - 1):
+            try:
+                self.sev_command(guest, uapi.KVM_SEV_SNP_ENABLE_REQ_CERTS, None, after_vcpus=vcpu.index + 1)
+            except SnpLaunchError as e:
+                self.enable_req_certs_error = str(e)
 
     def register_handlers(self, guest: Guest) -> None:
         from snplab.vmm.memory import map_gpa_range_handler, memory_fault_handler
@@ -328,7 +365,9 @@ class SnpBackend:
     def to_json(self) -> dict[str, Any]:
         return {"abi": self.abi, "req_certs_exit": self.req_certs_exit, "c_bit": self._c_bit,
                 "vmsa_features": self.vmsa_features, "sev_commands": [c.to_json() for c in self.commands],
-                "cpuid_corrections": self.cpuid_corrections}
+                "cpuid_corrections": self.cpuid_corrections, "cpuid_launched": self.cpuid_launched,
+                "enable_req_certs": self.enable_req_certs_when,
+                "enable_req_certs_error": self.enable_req_certs_error}
 
 
 class SnpLauncher:
@@ -396,8 +435,12 @@ class SnpLauncher:
                 raise SnpLaunchError("KVM_SEV_SNP_LAUNCH_UPDATE", -rc, fw,
                                      f"{page_type.name} at gpa {up.gfn_start * PAGE_SIZE:#x}")
             stalls = 0
+        if page_type == PageType.CPUID:
+            b.cpuid_launched = CPUID_FIRMWARE_CORRECTED if corrected else CPUID_FIRST_ATTEMPT
         b.commands.append(SevCommandRecord("KVM_SEV_SNP_LAUNCH_UPDATE", uapi.KVM_SEV_SNP_LAUNCH_UPDATE, 0, 0,
-                                           {"gpa": gpa, "npages": npages, "type": page_type.name, "calls": calls}))
+                                           {"gpa": gpa, "npages": npages, "type": page_type.name, "calls": calls,
+                                            **({"cpuid_launched": b.cpuid_launched}
+                                               if page_type == PageType.CPUID else {})}))
 
     def _note_cpuid_correction(self, page_gpa: int) -> None:
         mem = self.guest.memory
@@ -422,4 +465,5 @@ class SnpLauncher:
 
 
 __all__ = ["SnpBackend", "SnpLauncher", "SnpLaunchError", "detect_abi", "unavailable_reason", "host_product",
-           "cpuid_page", "parse_cpuid_page", "req_certs_exit_from_headers"]
+           "cpuid_page", "parse_cpuid_page", "snp_cpuid_entries", "req_certs_exit_from_headers",
+           "CPUID_FIRST_ATTEMPT", "CPUID_FIRMWARE_CORRECTED"]
