@@ -142,7 +142,7 @@ def buffer_view_html(run: RunView) -> str:
            "<p>Every extended guest request of the run. A row is the size of the certificate blob "
            "the host served (pages needed), a column the pages the guest offered. The contract: "
            "fewer pages than needed → <span class='b-invalid_len'>&nbsp;INVALID_LEN with RBX = "
-           "pages needed&nbsp;</span>; enough → <span class='b-success'>&nbsp;success&nbsp;</span>. "
+           "pages needed&nbsp;</span> (or the count a test scripted the VMM to answer); enough → <span class='b-success'>&nbsp;success&nbsp;</span>. "
            "<span class='b-broken'>&nbsp;Red&nbsp;</span>: INVALID_LEN with the wrong RBX; "
            "<span class='b-error'>&nbsp;purple&nbsp;</span>: any other error (BUSY, GENERIC, "
            "malformed input — often the scenario's intent).</p>"]

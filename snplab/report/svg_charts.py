@@ -21,6 +21,8 @@ def esc(x: object) -> str:
 
 def fmt_seconds(s: float) -> str:
     """3 significant digits in the unit that suits (µs, ms, s)."""
+    if s == 0:
+        return "0"
     if s < 1e-3:
         return f"{s * 1e6:.3g} µs"
     if s < 1.0:
@@ -38,19 +40,20 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step) + 1)]
 
 
-def histogram(values: Sequence[float], *, title: str, width: int = 440, height: int = 170,
+def histogram(values: Sequence[float], *, title: str, width: int = 520, height: int = 180,
               bins: int = 24, colour: str = "#3b6fb6") -> str:
-    """A histogram of durations in seconds (x axis in ms), with count, median and p95."""
+    """A histogram of durations in seconds, with count, median and p95; the axis ends at the
+    99th percentile (slower values are counted in the last bar, its tooltip says so)."""
     if not values:
         return f'<svg width="{width}" height="40" role="img"><title>{esc(title)}: no data</title>' \
                f'<text x="4" y="20" style="{FONT}">{esc(title)}: no data</text></svg>'
     vals = sorted(values)
-    lo, hi = 0.0, vals[-1] * 1.02 or 1e-3
+    lo, hi = 0.0, (vals[min(len(vals) - 1, int(len(vals) * 0.99))] * 1.05) or 1e-3
     edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
     counts = [0] * bins
     for v in vals:
         counts[min(bins - 1, int((v - lo) / (hi - lo) * bins))] += 1
-    left, right, top, bottom = 40, 10, 22, 30
+    left, right, top, bottom = 40, 14, 36, 30
     pw, ph = width - left - right, height - top - bottom
     cmax = max(counts)
     out = [f'<svg width="{width}" height="{height}" role="img" class="chart">',
@@ -76,8 +79,9 @@ def histogram(values: Sequence[float], *, title: str, width: int = 440, height: 
         x = left + pw * (v - lo) / (hi - lo)
         out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#c0392b" '
                    f'stroke-dasharray="{dash}"><title>{label} {fmt_seconds(v)}</title></line>')
-    out.append(f'<text x="{left + pw}" y="14" text-anchor="end" style="{FONT}">n={len(vals)} '
-               f'median {esc(fmt_seconds(med))} p95 {esc(fmt_seconds(p95))}</text>')
+    out.append(f'<text x="{left}" y="28" style="{FONT}">n={len(vals)} '
+               f'median {esc(fmt_seconds(med))} p95 {esc(fmt_seconds(p95))} max '
+               f'{esc(fmt_seconds(vals[-1]))}</text>')
     out.append("</svg>")
     return "".join(out)
 
