@@ -27,7 +27,7 @@ MAX_INPUT_BYTES = 16 << 20  # no legitimate report, certificate or table is this
 
 # Modules that contribute subcommands: each defines register(subparsers) and gives every parser
 # it adds a `func(args) -> int` default.
-SUBCOMMAND_MODULES: list[str] = ["snplab.host.cli", "snplab.compare_cli", "snplab.kernels_cli",
+SUBCOMMAND_MODULES: list[str] = ["snplab.host.cli", "snplab.report.compare_cli", "snplab.kernels_cli",
                                   "snplab.mutate.cli"]
 
 PROG = "snplab"

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
-from snplab import reporting
+from snplab.report.host_facts import host_facts
 from snplab.scenario import Scenario
 from snplab.transcript import RESULTS_COUNTED_ARRAYS, Transcript, jsonable, trim_results
 
@@ -166,7 +166,7 @@ _HOST_FACTS: dict[str, Any] = {}
 
 def _host_facts() -> dict[str, Any]:
     if not _HOST_FACTS:
-        _HOST_FACTS.update(reporting.host_facts())
+        _HOST_FACTS.update(host_facts())
     return dict(_HOST_FACTS)
 
 

@@ -27,8 +27,10 @@ same on every platform so runs can be compared.
 # Reports
 
 ``reports/<run-id>/junit.xml``, one JSON per test, artifacts of failing tests (all tests with
-``--keep-artifacts``) and ``summary.json``; one summary line per family at the end of the run.
-Workers of pytest-xdist write their own files; the controller writes the JUnit XML and summary.
+``--keep-artifacts``), ``summary.json``, ``index.html``, ``results.tap`` and ``kcidb.json``
+(``snplab.report``); a progress line while the run goes, one summary line per family at the end.
+Workers of pytest-xdist write their own files; the controller writes the JUnit XML, the summary
+and the run-level reports, also for a run cut short (marked incomplete).
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ from typing import Any, Sequence
 
 import pytest
 
-from snplab import checks, reporting
+from snplab import checks
+from snplab.report import run_dir, run_record
+from snplab.report.host_facts import host_facts
+from snplab.report.run_reports import write_run_reports
+from snplab.report.summary import FamilyTally, write_summary
 from snplab.abi import kernel_behaviour as kb
 from snplab.scenario import ABIS, PRODUCTS, Scenario
 
@@ -88,6 +94,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "when suites/ is run)")
     g.addoption("--keep-artifacts", action="store_true", default=False,
                 help="dump artifacts (transcripts, reports, certificates) of passing tests too")
+    g.addoption("--snplab-progress", type=float, default=2.0, metavar="SECONDS",
+                help="print a progress line (cases done / total, failures) at most every "
+                     "SECONDS while reports are written (default 2; 0: off)")
     g.addoption("--fault", action="append", default=[], metavar="NAME",
                 help="inject an emulated-platform fault (snplab.emu.faults) into every scenario; "
                      "repeatable; also $SNPLAB_FAULTS")
@@ -127,10 +136,10 @@ class SuiteState:
         self.faults: tuple[str, ...] = tuple(config.getoption("--fault")) + tuple(
             f.strip() for f in env_faults)
         self.run_id: str = _run_id(config)
-        self.paths: reporting.RunPaths | None = _report_paths(config, self.run_id)
+        self.paths: run_dir.RunPaths | None = _report_paths(config, self.run_id)
         self.platform: Any = None
         self.platform_error: str | None = None
-        self.tally = reporting.FamilyTally()
+        self.tally = FamilyTally()
         self.started = time.monotonic()
 
     @property
@@ -169,7 +178,7 @@ def _run_id(config: pytest.Config) -> str:
     wi = getattr(config, "workerinput", None)
     if wi and wi.get("snplab_run_id"):
         return str(wi["snplab_run_id"])
-    return os.environ.get(RUN_ID_ENV) or reporting.new_run_id()
+    return os.environ.get(RUN_ID_ENV) or run_dir.new_run_id()
 
 
 def _runs_suites(config: pytest.Config) -> bool:
@@ -183,7 +192,7 @@ def _runs_suites(config: pytest.Config) -> bool:
     return False
 
 
-def _report_paths(config: pytest.Config, run_id: str) -> reporting.RunPaths | None:
+def _report_paths(config: pytest.Config, run_id: str) -> run_dir.RunPaths | None:
     base = config.getoption("--reports")
     if config.option.collectonly:
         return None
@@ -191,7 +200,7 @@ def _report_paths(config: pytest.Config, run_id: str) -> reporting.RunPaths | No
         if not _runs_suites(config):
             return None
         base = Path(str(config.rootpath)) / "reports"
-    return reporting.RunPaths(Path(base) / run_id)
+    return run_dir.RunPaths(Path(base) / run_id)
 
 
 _STATE = pytest.StashKey[SuiteState]()
@@ -235,7 +244,7 @@ def kernel_behaviour_note(st: SuiteState) -> str:
     if st.guest_platform == "emulated":
         return "per ABI profile (" + ", ".join(f"{p} -> {g}" for p, g in
                                              kb.DEFAULT_GENERATION.items()) + ")"
-    facts = reporting.host_facts()
+    facts = host_facts()
     return (f"{facts.get('kernel_behaviour_detected') or 'unknown'} (detected: "
             f"{facts.get('kernel_behaviour_basis', '?')})")
 
@@ -311,7 +320,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("hw_only") and plat == "emulated":
         pytest.skip("needs a real SNP host (--platform snp)")
     if item.get_closest_marker("kvm") or (st.platform_name == "emulated"
-                                         and reporting.family_of(item.nodeid) is not None):
+                                         and run_dir.family_of(item.nodeid) is not None):
         why = _kvm_problem()
         if why:
             pytest.skip(why)
@@ -446,7 +455,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
         rec["verdicts"] = [r.to_json() for r in checks.RECORDED]
         rep.user_properties.append(("snplab_failed_property", prop or ""))
     if call.when == "teardown" and st.paths is not None \
-            and reporting.family_of(item.nodeid) is not None:
+            and run_dir.family_of(item.nodeid) is not None:
         _write_item_report(st, item, rec, failed_in_teardown=rep.failed)
 
 
@@ -459,13 +468,13 @@ def _write_item_report(st: SuiteState, item: pytest.Item, rec: dict[str, Any],
     full = (outcome in ("failed", "error") and os.environ.get(LEAN_REPORTS_ENV) != "1") \
         or st.keep_artifacts
     runs = [{"scenario": sc.to_json(),
-             "transcript": t.to_json() if full else reporting.compact_transcript(t.to_json())}
+             "transcript": t.to_json() if full else run_record.compact_transcript(t.to_json())}
             for sc, t in item.stash.get(_RUNS, [])]
     cs = getattr(item, "callspec", None)
     params = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
               for k, v in (cs.params.items() if cs else ())}
     record = {
-        "nodeid": item.nodeid, "family": reporting.family_of(item.nodeid),
+        "nodeid": item.nodeid, "family": run_dir.family_of(item.nodeid),
         "doc": (getattr(item, "obj", None).__doc__ or "").strip() if getattr(item, "obj", None)
         else "",
         "outcome": outcome, "when": rec.get("when"), "duration_s": rec.get("duration_s"),
@@ -473,42 +482,146 @@ def _write_item_report(st: SuiteState, item: pytest.Item, rec: dict[str, Any],
         "params": params, "platform": st.platform_name, "faults": list(st.faults),
         "kernel_behaviour": sorted({t.kernel_behaviour for _, t in item.stash.get(_RUNS, [])
                                     if getattr(t, "kernel_behaviour", "")}),
-        "verdicts": rec.get("verdicts", []), "runs": runs, "host": reporting.host_facts(),
+        "verdicts": rec.get("verdicts", []), "runs": runs, "host": host_facts(),
         "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "run_id": st.run_id,
     }
-    reporting.write_test_report(st.paths, record)
+    run_record.write_test_report(st.paths, record)
     if runs and full:
-        reporting.dump_artifacts(st.paths, item.nodeid, runs)
+        run_record.dump_artifacts(st.paths, item.nodeid, runs)
 
 
 class _Tally:
-    """Controller-side plugin object: tallies outcomes per family and prints the summary (on
-    the xdist controller it sees every worker's reports)."""
+    """Controller-side plugin object: tallies outcomes per family, prints the progress line and
+    the summary, and writes the run-level reports (on the xdist controller it sees every
+    worker's reports).  A run cut short (SIGINT, ``-x``, a dead worker) still gets all of them,
+    marked incomplete, with every finished case."""
 
     def __init__(self, st: SuiteState) -> None:
         self.st = st
+        self.collected: int | None = None
+        self.collected_suite: int | None = None
+        self.done = 0
+        self.failed: set[str] = set()
+        self.crashed: list[str] = []
+        self.workers_lost: list[str] = []
+        self.interval: float = st.config.getoption("--snplab-progress")
+        self._last_progress = time.monotonic()
+
+    # -- collection counts (the progress line's total) -------------------------------------------
+
+    def _set_collected(self, ids: Sequence[str]) -> None:
+        if self.collected is None:
+            self.collected = len(ids)
+            self.collected_suite = sum(1 for n in ids if run_dir.family_of(n) is not None)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if session.items:
+            self._set_collected([i.nodeid for i in session.items])
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: Sequence[str]) -> None:
+        self._set_collected(ids)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        if error:
+            name = getattr(node, "gateway", None)
+            self.workers_lost.append(f"{getattr(name, 'id', '?')}: {str(error).splitlines()[0]}")
+
+    # -- per test ---------------------------------------------------------------------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
             prop = dict(report.user_properties).get("snplab_failed_property") or None
             self.st.tally.add(report.nodeid, report.outcome, report.duration, prop)
+        if report.failed:
+            self.failed.add(report.nodeid)
+        if report.when == "teardown":
+            self.done += 1
+        elif report.when not in ("setup", "call"):
+            # xdist's report for a test whose worker died ("???"): no worker wrote its record
+            self.done += 1
+            self.crashed.append(report.nodeid)
+            self.st.tally.add(report.nodeid, "error", report.duration, None)
+            self._write_crash_record(report)
+        self._progress(final=False)
+
+    def _write_crash_record(self, report: pytest.TestReport) -> None:
+        st = self.st
+        if st.paths is None or run_dir.family_of(report.nodeid) is None:
+            return
+        text = str(report.longrepr or "worker crashed")
+        run_record.write_test_report(st.paths, {
+            "nodeid": report.nodeid, "family": run_dir.family_of(report.nodeid),
+            "outcome": "error", "when": report.when, "duration_s": round(report.duration, 4),
+            "message": text.strip().splitlines()[0][:2000] if text.strip() else "worker crashed",
+            "failed_property": None, "params": {}, "platform": st.platform_name,
+            "faults": list(st.faults), "verdicts": [], "runs": [], "host": host_facts(),
+            "worker": str(getattr(getattr(report, "node", None), "gateway", None) and
+                          report.node.gateway.id),  # type: ignore[attr-defined]
+            "run_id": st.run_id, "crashed": True})
+
+    def _progress(self, final: bool) -> None:
+        if self.st.paths is None or self.interval <= 0:
+            return
+        now = time.monotonic()
+        if not final and (self.done == 0 or now - self._last_progress < self.interval):
+            return
+        self._last_progress = now
+        tr = self.st.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is None:
+            return
+        total = self.collected if self.collected is not None else "?"
+        tw = getattr(tr, "_tw", None)
+        if tw is not None and getattr(tw, "width_of_current_line", 0):
+            tr.write("\n")  # end pytest's line of progress letters first
+        tr.write_line(f"snplab progress: {self.done}/{total} cases done, {len(self.failed)} "
+                      f"failed ({now - self.st.started:.1f} s)")
+
+    # -- end of run -------------------------------------------------------------------------------
+
+    def incomplete_reason(self, exitstatus: int) -> str | None:
+        why = []
+        if int(exitstatus) == int(pytest.ExitCode.INTERRUPTED):
+            why.append("interrupted")
+        if self.crashed:
+            why.append(f"{len(self.crashed)} case(s) lost with a crashed worker: "
+                       + ", ".join(self.crashed[:5]))
+        elif self.workers_lost:
+            why.append("worker(s) lost: " + "; ".join(self.workers_lost[:3]))
+        if self.collected is not None and self.done < self.collected:
+            why.append(f"{self.done} of {self.collected} cases finished")
+        return "; ".join(why) or None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        st = self.st
+        if st.paths is None or not st.paths.tests.is_dir():
+            return
+        why = self.incomplete_reason(exitstatus)
+        write_summary(st.paths, st.run_id, st.platform_name, st.tally,
+                      {"wall_s": round(time.monotonic() - st.started, 3),
+                       "exitstatus": int(exitstatus), "faults": list(st.faults),
+                       "kernel_behaviour": kernel_behaviour_note(st),
+                       "complete": why is None, "incomplete": why is not None,
+                       "incomplete_reason": why, "collected": self.collected,
+                       "collected_suite": self.collected_suite, "done": self.done})
+        write_run_reports(st.paths.root)
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int) -> None:
         st = self.st
         if not st.tally.counts:
             return
+        self._progress(final=True)
         terminalreporter.section("snplab summary")
         for line in st.tally.lines(st.platform_name):
             terminalreporter.write_line(line)
         if st.paths is not None:
-            reporting.write_summary(st.paths, st.run_id, st.platform_name, st.tally,
-                                    {"wall_s": round(time.monotonic() - st.started, 3),
-                                     "exitstatus": int(exitstatus), "faults": list(st.faults),
-                                     "kernel_behaviour": kernel_behaviour_note(st)})
-            from snplab.html_report import write_html_summary
-
-            write_html_summary(st.paths.root)
-            terminalreporter.write_line(f"snplab reports: {st.paths.root}")
+            why = self.incomplete_reason(exitstatus)
+            if why:
+                terminalreporter.write_line(f"snplab: INCOMPLETE run ({why}); finished cases "
+                                            "are in the reports")
+            terminalreporter.write_line(f"snplab reports: {st.paths.root}/index.html")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

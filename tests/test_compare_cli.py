@@ -51,6 +51,28 @@ def test_regression_from_injected_bug_is_reported(tmp_path: Path) -> None:
     assert data["regressions"] == 1 and data["facts"]["b"]["faults"] == ["rbx-unchanged-on-invalid-len"]
     back = _compare(str(patched), str(base))
     assert back.returncode == 0 and "1 fixes" in back.stdout
+    page = tmp_path / "ab.html"
+    h = _compare(str(base), str(patched), "--html", str(page))
+    assert h.returncode == 1 and "1 regressions" in h.stdout  # the text output stays
+    html = page.read_text()
+    assert "data-change='REGRESSION' data-nodeid='suites/test_invalid_len.py::" \
+           "test_encoding_and_rbx[req-certs-milan]'" in html
+    assert "violated property (B): <span class='prop'>invalid_len_rbx</span>" in html
+    assert "RBX 1→1" in html and "RBX 1→2" in html  # both transcripts' differing step
+    assert "Timing deltas" in html and "<script" not in html
+
+
+def test_html_output_path_errors_are_one_line_exit_2(tmp_path: Path) -> None:
+    from snplab.report.run_dir import RunPaths
+    from snplab.report.run_record import write_test_report
+
+    run = RunPaths(tmp_path / "run")
+    write_test_report(run, {"nodeid": "suites/test_x.py::test_a", "outcome": "passed"})
+    deep = tmp_path / "new" / "dir" / "x.html"
+    r = _compare(str(run.root), str(run.root), "--html", str(deep))
+    assert r.returncode == 0 and deep.is_file()  # missing directories are made
+    r = _compare(str(run.root), str(run.root), "--html", str(tmp_path))  # a directory
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot write" in r.stderr
 
 
 def test_unreadable_run_dir_is_one_line_exit_2(tmp_path: Path) -> None:

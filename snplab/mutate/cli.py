@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
     if args.jobs < 0:
         print("snplab mutate: --jobs must be >= 0", file=sys.stderr)
         return 2
-    from snplab.reporting import new_run_id
+    from snplab.report.run_dir import new_run_id
 
     run_id = args.run_id or new_run_id()
     opts = MutateOptions(reports=args.reports, faults=tuple(f.name for f in faults),

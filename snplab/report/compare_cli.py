@@ -2,7 +2,9 @@
 
 The typical use is a base kernel (A) against a patched kernel (B), each run with
 ``--reports DIR``.  A test that passed in A and fails (or errors) in B is a regression and makes
-the command exit 1; 0 means no regression; 2 means a run directory could not be read.
+the command exit 1; 0 means no regression; 2 means a run directory could not be read (or the
+``--html`` page could not be written).  ``--html OUT`` also writes the A/B page
+(``snplab.report.compare_html``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from snplab.reporting import compare_runs, load_test_reports
+from snplab.report.compare import compare_runs
+from snplab.report.run_record import load_test_reports
 
 _BAD = frozenset({"failed", "error"})
 
@@ -48,6 +51,15 @@ def compare(args: argparse.Namespace) -> int:
         print(f"snplab compare: {exc}", file=sys.stderr)
         return 2
     diff = compare_runs(a, b)
+    if args.html:
+        from snplab.report.compare_html import write_compare_html
+        from snplab.report.run_view import load_run
+
+        try:
+            write_compare_html(args.html, load_run(a), load_run(b), args.run_a, args.run_b)
+        except (OSError, ValueError) as exc:
+            print(f"snplab compare: cannot write {args.html}: {exc}", file=sys.stderr)
+            return 2
     recs_b = load_test_reports(b)
     regressions = [(t, oa, ob) for t, oa, ob in diff.changed if oa == "passed" and ob in _BAD]
     fixes = [(t, oa, ob) for t, oa, ob in diff.changed if oa in _BAD and ob == "passed"]
@@ -81,4 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("run_a", help="reports/<run-id> of the base run")
     p.add_argument("run_b", help="reports/<run-id> of the run to compare against the base")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--html", metavar="OUT", default=None,
+                   help="also write the A/B page (regressions first, differing steps side by "
+                        "side, timing deltas) to OUT")
     p.set_defaults(func=compare)
