@@ -34,11 +34,34 @@ def test_after_guest():
 """
 
 
+# The job server answers a 1-page guest in a few ms, faster than any deadline a test could race
+# against it; so the guest test first runs one guest (which starts the long-lived job server), then
+# stops that server with SIGSTOP: the next request then gets no answer at all, on any machine.
+STALLED_SERVER_TESTS = """
+import os, signal
+from sshd_fixture import job_servers
+from snplab.scenario import Scenario, Step
+
+def test_guest(ssh_platform):
+    ssh_platform.run(Scenario.single("req-certs", "milan", Step.ext(1), guest_timeout=10.0))
+    pids = job_servers({work!r})
+    assert pids, "no job server after the first guest"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    ssh_platform.run(Scenario.single("req-certs", "milan", Step.ext(1), guest_timeout={guest_timeout}))
+
+def test_after_guest():
+    assert sorted([3, 1, 2]) == [1, 2, 3]
+"""
+
+
 def run_inner(tmp_path: Path, inventory: str, *args: str, guest_timeout: float = 10.0,
-              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+              timeout: float = 120, tests: str = INNER_TESTS) -> subprocess.CompletedProcess[str]:
     (tmp_path / "hosts.toml").write_text(inventory)
-    (tmp_path / "test_inner.py").write_text(INNER_TESTS.format(guest_timeout=guest_timeout))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="1000")  # short summary lines untruncated
+    (tmp_path / "test_inner.py").write_text(
+        tests.format(guest_timeout=guest_timeout, work=str(tmp_path / "work")))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+               COLUMNS="1000")  # short summary lines untruncated
     env.pop("PYTEST_XDIST_WORKER", None)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "snplab.remote.pytest_remote", "-p", "no:cacheprovider",
@@ -87,11 +110,15 @@ def test_host_down_is_an_error(sshd, tmp_path):
 
 
 def test_command_timeout_is_an_error(sshd, tmp_path):
-    """A guest job slower than guest_timeout + --ssh-job-timeout is killed and reported."""
+    """A job server that gives no answer within guest_timeout + --ssh-job-timeout is killed (its
+    whole process group, stopped or not) and the guest test is an ERROR; the next test runs."""
     inv = inventory_toml([sshd], tmp_path / "work")
-    res = run_inner(tmp_path, inv, "--ssh-job-timeout", "0.01", guest_timeout=0.05)
-    assert_error_then_pass(res, "CommandTimeout", "timed out after 0.06 s")
-    assert snplab_processes(str(tmp_path / "work")) == []
+    res = run_inner(tmp_path, inv, "--ssh-job-timeout", "0.5", guest_timeout=0.25,
+                    tests=STALLED_SERVER_TESTS)
+    reason = assert_error_then_pass(res, "CommandTimeout", "timed out after 0.75 s")
+    assert "remote process group" in reason and "killed" in reason, reason
+    assert wait_for(lambda: snplab_processes(str(tmp_path / "work")) == [], 5.0), \
+        snplab_processes(str(tmp_path / "work"))
 
 
 def test_no_free_slot_is_an_error(sshd, tmp_path):
