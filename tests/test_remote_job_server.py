@@ -18,7 +18,7 @@ from snplab.platform import default_payload_path, kvm_problem
 from snplab.remote import host_slots, protocol
 from snplab.scenario import Scenario, Step
 
-needs_kvm = [pytest.mark.kvm, pytest.mark.skipif(kvm_problem() is not None, reason="/dev/kvm unusable")]
+needs_kvm = pytest.mark.skipif(kvm_problem() is not None, reason="/dev/kvm unusable")
 GOOD = Scenario.single("req-certs", "milan", Step.ext(8), name="good").to_json()
 # 4 vCPUs x 16 extended requests: longer than a 1 ms guest watchdog
 SLOW = Scenario.multi("req-certs", "milan", [[Step.ext(8)] * 16] * 4, name="slow").to_json()
@@ -184,8 +184,9 @@ def test_unknown_or_bad_request_is_answered_and_server_goes_on(server):
     assert server.recv() == {"type": "pong"}
 
 
-@pytest.mark.parametrize("mark", needs_kvm)
-def test_crashed_guests_do_not_kill_the_server(server, mark):
+@pytest.mark.kvm
+@needs_kvm
+def test_crashed_guests_do_not_kill_the_server(server):
     """A guest stopped by its watchdog, a guest whose run raises (missing payload, unknown fault),
     an unreadable scenario: each is that guest's own answer; the same server then runs a good
     guest."""
@@ -278,3 +279,41 @@ def test_idle_server_exits(tmp_path):
         assert status == 0 and "no request for 0.5 s" in err
     finally:
         s.close()
+
+
+@pytest.mark.kvm
+@needs_kvm
+def test_scratch_stays_in_the_work_dir_and_is_swept(tmp_path):
+    """The blob files of a job server's guests live under <work>/scratch/job-<pid>, never in the
+    system temp dir; a server ending (here: past its deadline, os._exit) removes its own, and one
+    SIGKILLed — which cannot — has its scratch removed by the next server on that work dir."""
+    work, systmp = tmp_path / "work", tmp_path / "systmp"
+    systmp.mkdir()
+    os.environ["TMPDIR"], old = str(systmp), os.environ.get("TMPDIR")
+    try:
+        killed = Server(work)
+        assert killed.run(GOOD)["transcript"]["status"] == "ok"
+        mine = work / "scratch" / f"job-{killed.hello['pid']}"
+        assert any(mine.glob("snplab-blobs-*")), sorted(p.name for p in work.rglob("*"))
+        os.killpg(killed.proc.pid, 9)
+        killed.wait()
+        killed.close()
+        assert mine.is_dir()  # nobody could clean up
+        nxt = Server(work)
+        try:
+            assert not mine.exists(), "the next server did not sweep the killed one's scratch"
+            held = host_slots.try_acquire(work / "slots", 1, "someone")
+            try:
+                nxt.run(GOOD, slot_wait=60, deadline_s=0.3)
+            finally:
+                held.release()
+            assert nxt.wait()[0] == 124
+            assert not (work / "scratch" / f"job-{nxt.hello['pid']}").exists()
+        finally:
+            nxt.close()
+    finally:
+        if old is None:
+            os.environ.pop("TMPDIR")
+        else:
+            os.environ["TMPDIR"] = old
+    assert [p.name for p in systmp.iterdir()] == []

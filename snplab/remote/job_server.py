@@ -38,6 +38,7 @@ import ctypes
 import logging
 import os
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -57,6 +58,9 @@ _DYING = threading.Lock()
 _WRITE = threading.Lock()
 
 
+_SCRATCH_DIRS: list[Path] = []  # removed by die()
+
+
 def die(status: int, message: str = "") -> NoReturn:
     """Print one line on stderr (if any) and end the process now, from any thread."""
     if not _DYING.acquire(blocking=False):
@@ -67,6 +71,8 @@ def die(status: int, message: str = "") -> NoReturn:
         if os.getpgrp() == os.getpid():
             kill_group_members()  # we lead our process group (as under sshd)
     finally:
+        for d in _SCRATCH_DIRS:  # os._exit runs no finalizers: remove our scratch files here
+            shutil.rmtree(d, ignore_errors=True)
         os._exit(status)
 
 
@@ -154,12 +160,42 @@ class Requests(threading.Thread):
                 die(EXIT_BAD_FRAME, f"bad request stream: {one_line(e)}")
 
 
+SCRATCH = "scratch"  # <work dir>/scratch/job-<pid>: a job server's scratch files
+
+
+def scratch_dir(workdir: Path, pid: int) -> Path:
+    """This server's scratch directory under the host's work dir, after removing those of job
+    servers that are gone (a SIGKILLed server cannot clean up after itself; the next one does)."""
+    root = workdir / SCRATCH
+    if root.is_dir():
+        for d in root.glob("job-*"):
+            try:
+                other = int(d.name[len("job-"):])
+            except ValueError:
+                continue
+            if other != pid and not _alive(other):
+                shutil.rmtree(d, ignore_errors=True)
+    return root / f"job-{pid}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class JobServer:
     """Runs the requests of one controller worker, one guest at a time."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.workdir = Path.cwd()
+        self.scratch = scratch_dir(self.workdir, os.getpid())
+        _SCRATCH_DIRS.append(self.scratch)
         self._platform: Any = None
         self._platform_key: tuple[Any, ...] | None = None
 
@@ -176,6 +212,7 @@ class JobServer:
             self.drop_platform()
             opts = {k: v for k, v in (("payload", req.get("payload")), ("certs_blob", req.get("certs_blob")),
                                       ("abi", req.get("abi"))) if v}
+            opts["work_dir"] = self.scratch  # blob files stay in the host's work dir, never /tmp
             self._platform = get_platform(self.args.platform, **opts)
             self._platform_key = key
         return self._platform
@@ -289,9 +326,10 @@ def main(argv: list[str] | None = None) -> int:
 
         ensure_kick_handler()
         warm_up()
+        server = JobServer(args)  # sweeps dead servers' scratch before we say hello
         send({"type": "hello", "pid": os.getpid(), "pgid": os.getpgrp(), "facts": probe(args.platform),
               "protocol": protocol.PROTOCOL_VERSION})
-        return JobServer(args).serve(requests)
+        return server.serve(requests)
     except Exception as e:  # CLI boundary: one line, no traceback
         log.debug("job server failed", exc_info=True)
         die(1, one_line(e))

@@ -38,7 +38,9 @@ def find_sshd() -> str | None:
     return os.path.abspath(found) if found else None
 
 
-INSTALL_LOCK = Path("/tmp/snplab-openssh-install.lock")  # xdist workers install one at a time
+# xdist workers install one at a time: they flock a directory that already exists (dpkg's
+# database directory, else this package's), so no lock file is left behind anywhere.
+INSTALL_LOCK_DIRS = (Path("/var/lib/dpkg"), Path(__file__).resolve().parent)
 
 
 def ensure_sshd(install: bool = True, timeout: float = 600.0) -> str:
@@ -46,9 +48,13 @@ def ensure_sshd(install: bool = True, timeout: float = 600.0) -> str:
     sshd = find_sshd()
     if sshd:
         return sshd
-    with open(INSTALL_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock_dir = next(d for d in INSTALL_LOCK_DIRS if d.is_dir() or d == INSTALL_LOCK_DIRS[-1])
+    fd = os.open(lock_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         return find_sshd() or _install_sshd(install, timeout)
+    finally:
+        os.close(fd)
 
 
 def _install_sshd(install: bool, timeout: float) -> str:
